@@ -1,0 +1,86 @@
+"""Timeouts and retry policies of every activity, in one place, each with the reason for its value."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+
+from temporalio.common import RetryPolicy
+
+
+@dataclass(frozen=True)
+class ActivityPolicy:
+    start_to_close: timedelta
+    retry: RetryPolicy
+    heartbeat: timedelta | None = None
+
+    def options(self) -> dict:
+        options: dict = {"start_to_close_timeout": self.start_to_close, "retry_policy": self.retry}
+        if self.heartbeat is not None:
+            options["heartbeat_timeout"] = self.heartbeat
+        return options
+
+
+# Errors that no retry can fix: the rules, the request or the cluster said no.
+NON_RETRYABLE = [
+    "ClusterRejected",
+    "PatchImpossible",
+    "BackfillImpossible",
+    "VmGone",
+    "VmStopped",
+    "MigrationFailed",
+    "VerifyTimeout",
+    "VerifyMismatch",
+    "UndoImpossible",
+]
+
+# API calls that fail with 409, 429, 5xx or a timeout: back off from 1 s to 30 s, so a cluster
+# that is briefly overloaded or restarting gets room, and give up after 10 attempts so that an
+# unreachable cluster ends the operation (and its undo) within minutes, not hours.
+CLUSTER_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=NON_RETRYABLE,
+)
+
+# Ledger writes must not be lost: a database outage is retried for as long as the workflow runs
+# (unlimited attempts, at most one every 15 s); the writes are idempotent, so a retry after a
+# write that did reach the database adds nothing.
+LEDGER_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=15),
+    maximum_attempts=0,
+)
+
+# Reads and rules only: a few API calls, 2 minutes covers slow lists on a large cluster.
+VALIDATE = ActivityPolicy(timedelta(minutes=2), CLUSTER_RETRY)
+
+# One patch, re-read and re-sent on conflicts: 1 minute is ample.
+PATCH = ActivityPolicy(timedelta(minutes=1), CLUSTER_RETRY)
+
+# A VM restart waits for the new VMI to be Running and Ready, which takes minutes on a real node
+# (image pull, boot); 15 minutes bounds it. Heartbeats every poll show that the worker is alive.
+BACKFILL = ActivityPolicy(timedelta(minutes=15), CLUSTER_RETRY, heartbeat=timedelta(seconds=30))
+
+# KubeVirt fails a migration whose target pod stays unschedulable for 5 minutes, and allows
+# 150 s per GiB of memory to complete; 30 minutes covers a 8 GiB VM plus scheduling. The
+# heartbeat timeout makes a killed worker's migration resume on another worker within 30 s.
+MIGRATE = ActivityPolicy(timedelta(minutes=30), CLUSTER_RETRY, heartbeat=timedelta(seconds=30))
+
+# Verification polls the VMI status until its own deadline (VerifyInput.timeout_seconds), so the
+# activity timeout only needs room above that deadline.
+VERIFY_MARGIN = timedelta(minutes=2)
+VERIFY_HEARTBEAT = timedelta(seconds=30)
+
+# An undo patches the spec and may need its own migration to drop a network from the pod.
+UNDO = ActivityPolicy(timedelta(minutes=30), CLUSTER_RETRY, heartbeat=timedelta(seconds=30))
+
+# Ledger writes: a single short transaction each; the retry policy above carries outages.
+LEDGER = ActivityPolicy(timedelta(seconds=30), LEDGER_RETRY)
+
+# A failed migration is tried again this many times in all, and only while the VM still runs on
+# its source node and is migratable; KubeVirt itself does not retry user-created migrations.
+MAX_MIGRATION_ATTEMPTS = 3
