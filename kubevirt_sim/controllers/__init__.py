@@ -1,0 +1,1 @@
+"""Simulated KubeVirt and Harvester controllers."""
