@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         StepReport,
         UnplugRequest,
     )
+    from nicflow.macs import normalize_mac
     from workflows import policies
 
 
@@ -57,6 +58,20 @@ class StepFailed(Exception):
 def _failure_message(error: BaseException) -> str:
     cause = error.cause if isinstance(error, ActivityError) and error.cause else error
     return str(cause) or type(cause).__name__
+
+
+def _requested_mac(request: NicRequest) -> str | None:
+    """Return the requested MAC in normal form for the ledger, or None when absent or invalid.
+
+    An invalid MAC is rejected by validate, whose ledger event names it.
+    """
+    mac = getattr(request, "mac", None)
+    if not mac:
+        return None
+    try:
+        return normalize_mac(mac)
+    except ValueError:
+        return None
 
 
 def _failure_type(error: BaseException) -> str:
@@ -165,7 +180,7 @@ class NicWorkflow:
                     "vm_name": request.vm_name,
                     "network": network,
                     "interface": request.interface,
-                    "mac": getattr(request, "mac", None),
+                    "mac": _requested_mac(request),
                     "mode": str(Mode.LIVE),
                     "workflow_id": info.workflow_id,
                     "run_id": info.run_id,
@@ -203,8 +218,9 @@ class NicWorkflow:
                                       reason_code=validation.reason_code)
         ref.mac = validation.mac
         await self._record(Step.VALIDATE, Outcome.SUCCEEDED, validation.message, step_started,
-                           {**verdicts, "mac": validation.mac, "mac_generated": validation.mac_generated,
-                            "cluster_network": validation.cluster_network, "mode": str(validation.mode)})
+                           {**verdicts, "mac_generated": validation.mac_generated,
+                            "operation": {"mac": validation.mac, "cluster_network": validation.cluster_network,
+                                          "mode": str(validation.mode)}})
 
         # Step 2: backfill MACs missing from the VM spec, or record that none are missing.
         self._progress.current_step = Step.BACKFILL
