@@ -24,8 +24,8 @@ from workflows.nic import HotplugNic, UnplugNic
 
 logger = logging.getLogger("nicflow.worker")
 
-# Activities are synchronous (the kubernetes client and SQLAlchemy block), so each runs in a
-# thread; long polls (migrate, verify) hold one each, hence more threads than CPU cores.
+# Activities are synchronous because the kubernetes client and SQLAlchemy block, so each runs in
+# a thread. Long polls (migrate, verify) hold a thread each, hence more threads than CPU cores.
 ACTIVITY_THREADS = 32
 
 

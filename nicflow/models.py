@@ -162,7 +162,7 @@ class OperationResult(BaseModel):
 
 
 class Progress(BaseModel):
-    """What a running operation reports through its workflow query."""
+    """Progress of a running operation, as its workflow query returns it."""
 
     operation_id: str
     request_id: str

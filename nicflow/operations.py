@@ -23,7 +23,6 @@ from nicflow.models import (
 
 logger = logging.getLogger(__name__)
 
-WORKFLOW_NAMES = {HotplugRequest: "HotplugNic"}
 
 
 class VmBusy(Exception):

@@ -21,7 +21,7 @@ class ActivityPolicy:
         return options
 
 
-# Errors that no retry can fix: the rules, the request or the cluster said no.
+# Error types that no retry can fix, because the rules, the request or the cluster rejected the change.
 NON_RETRYABLE = [
     "ClusterRejected",
     "PatchImpossible",
@@ -34,9 +34,9 @@ NON_RETRYABLE = [
     "UndoImpossible",
 ]
 
-# API calls that fail with 409, 429, 5xx or a timeout: back off from 1 s to 30 s, so a cluster
-# that is briefly overloaded or restarting gets room, and give up after 10 attempts so that an
-# unreachable cluster ends the operation (and its undo) within minutes, not hours.
+# API calls that fail with 409, 429, 5xx or a timeout back off from 1 s to 30 s, so that a
+# cluster that is briefly overloaded or restarting gets room. After 10 attempts they give up,
+# so that an unreachable cluster ends the operation and starts its undo within minutes.
 CLUSTER_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -45,9 +45,9 @@ CLUSTER_RETRY = RetryPolicy(
     non_retryable_error_types=NON_RETRYABLE,
 )
 
-# Ledger writes must not be lost: a database outage is retried for as long as the workflow runs
-# (unlimited attempts, at most one every 15 s); the writes are idempotent, so a retry after a
-# write that did reach the database adds nothing.
+# Ledger writes must not be lost, so a database outage is retried for as long as the workflow
+# runs, at most once every 15 s. The writes are idempotent, so a retry after a write that did
+# reach the database adds nothing.
 LEDGER_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=500),
     backoff_coefficient=2.0,
