@@ -17,7 +17,8 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from nicflow import patches, rules
-from nicflow.status import agent_connected, collect_vm_macs, vmi_running_and_ready
+from nicflow.clusterview import gather_view
+from nicflow.status import agent_connected, vmi_running_and_ready
 from nicflow.contracts import (
     BackfillInput,
     MigrateInput,
@@ -99,27 +100,11 @@ class ClusterActivities:
     # Step 1: validate
 
     def _gather(self, ref: OperationRef) -> rules.ClusterView:
-        vm = self.kube.get_vm(ref.vm_namespace, ref.vm_name)
-        vmi = self.kube.get_vmi(ref.vm_namespace, ref.vm_name) if vm else None
-        nads = {f"{nad['metadata']['namespace']}/{nad['metadata']['name']}": nad for nad in self.kube.list_nads()}
-        macs_in_use: dict[str, dict[str, str]] = {}
-        for other in self.kube.list_vms():
-            collect_vm_macs(other, nads, macs_in_use)
         reserved: dict[str, dict[str, str]] = {}
         for reservation in self._ledger.active_reservations():
             if reservation.operation_id != ref.operation_id:
                 reserved.setdefault(reservation.cluster_network, {})[reservation.mac] = reservation.operation_id
-        return rules.ClusterView(
-            vm=vm,
-            vmi=vmi,
-            nodes=self.kube.list_nodes(),
-            migrations=self.kube.list_migrations(ref.vm_namespace, ref.vm_name) if vm else [],
-            kubevirt=self.kube.get_kubevirt(),
-            nad=nads.get(ref.network) if ref.network else None,
-            nads=nads,
-            macs_in_use=macs_in_use,
-            reserved_macs=reserved,
-        )
+        return gather_view(self.kube, ref.vm_namespace, ref.vm_name, ref.network, reserved)
 
     @activity.defn(name="validate")
     @cluster_call

@@ -41,10 +41,11 @@ def _settings(args: argparse.Namespace) -> Settings:
     return Settings.load(**{name: getattr(args, name, None) for name in names})
 
 
-def _add_request_flags(parser: argparse.ArgumentParser) -> None:
+def _add_request_flags(parser: argparse.ArgumentParser, reason_required: bool = True) -> None:
     parser.add_argument("--vm", required=True, help="VM as NAMESPACE/NAME")
     parser.add_argument("--interface", required=True, help="interface name in the VM spec, e.g. nic-2")
-    parser.add_argument("--reason", required=True, help="why the change is made, or a ticket id (kept in the ledger)")
+    parser.add_argument("--reason", required=reason_required, default="plan",
+                        help="why the change is made, or a ticket id (kept in the ledger)")
     parser.add_argument("--actor", default=None, help="who asks for the change (default: the login name)")
     parser.add_argument("--request-id", help="idempotency key: a repeated request id returns the first result")
     parser.add_argument("--allow-restart", action="store_true", help="allow a VM restart to write missing MACs into its spec")
@@ -66,6 +67,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     unplug = commands.add_parser("unplug", help="detach an interface from a VM")
     _add_request_flags(unplug)
+
+    plan = commands.add_parser("plan", help="show what a hot-plug or unplug would do, changing nothing")
+    plan_commands = plan.add_subparsers(dest="plan_kind", required=True, metavar="KIND")
+    plan_hotplug = plan_commands.add_parser("hotplug", help="plan a hot-plug")
+    plan_hotplug.add_argument("--network", required=True, help="NetworkAttachmentDefinition as NAMESPACE/NAME")
+    plan_hotplug.add_argument("--mac", help="MAC address for the interface (default: allocated at run time)")
+    plan_unplug = plan_commands.add_parser("unplug", help="plan an unplug")
+    for planned in (plan_hotplug, plan_unplug):
+        _add_request_flags(planned, reason_required=False)
+        planned.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format (default text)")
 
     status = commands.add_parser("status", help="show an operation and its steps")
     status.add_argument("operation_id")
@@ -252,7 +263,57 @@ async def _follow_request(settings: Settings, request: NicRequest) -> OperationR
     return result
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from nicflow.kube import KubeVirtClient
+    from nicflow.planning import plan_operation
+
+    request = _request(args, args.plan_kind)
+    settings = _settings(args)
+    kube = KubeVirtClient(settings.kubeconfig, settings.kube_context)
+    try:
+        plan = plan_operation(
+            kube,
+            request_kind(request),
+            request.vm,
+            request.interface,
+            network=getattr(request, "network", None),
+            mac=getattr(request, "mac", None),
+            allow_restart=request.allow_restart,
+        )
+    finally:
+        kube.close()
+
+    if args.output == "json":
+        print(plan.model_dump_json(indent=2))
+        return EXIT_OK if plan.allowed else EXIT_FAILED
+
+    print(f"plan: {plan.kind} interface {plan.interface} on VM {plan.vm}" + (f" (network {plan.network})" if plan.network else ""))
+    for verdict in plan.verdicts:
+        mark = "pass" if verdict.passed else "FAIL"
+        code = f" [{verdict.reason}]" if verdict.reason else ""
+        print(f"  {mark}  {verdict.rule:<24}{code} {verdict.message}")
+    if not plan.allowed:
+        print(f"rejected [{plan.reason_code}]: {plan.message}")
+        return EXIT_FAILED
+    for step in plan.steps:
+        print(f"  - {step}")
+    if plan.backfill_patch:
+        print("backfill patch (JSON patch):")
+        print(json.dumps(plan.backfill_patch, indent=2))
+    print("spec patch (JSON patch):")
+    print(json.dumps(plan.patch, indent=2))
+    return EXIT_OK
+
+
+def request_kind(request: NicRequest):
+    from nicflow.models import OperationKind
+
+    return OperationKind.HOTPLUG if isinstance(request, HotplugRequest) else OperationKind.UNPLUG
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "plan":
+        return _plan(args)
     if args.command in ("hotplug", "unplug"):
         request = _request(args, args.command)
         return asyncio.run(_run_operation(_settings(args), request, wait=not args.no_wait))

@@ -1,0 +1,36 @@
+"""Gather the cluster objects that the rules read, through the KubeVirt client."""
+
+from __future__ import annotations
+
+from nicflow import rules
+from nicflow.kube import KubeVirtClient
+from nicflow.status import collect_vm_macs
+
+
+def gather_view(
+    kube: KubeVirtClient,
+    vm_namespace: str,
+    vm_name: str,
+    network: str | None,
+    reserved_macs: dict[str, dict[str, str]] | None = None,
+) -> rules.ClusterView:
+    """Read the VM, its VMI and migrations, nodes, NADs, the KubeVirt CR and every VM's MACs."""
+    vm = kube.get_vm(vm_namespace, vm_name)
+    vmi = kube.get_vmi(vm_namespace, vm_name) if vm else None
+    nads = {f"{nad['metadata']['namespace']}/{nad['metadata']['name']}": nad for nad in kube.list_nads()}
+
+    macs_in_use: dict[str, dict[str, str]] = {}
+    for other in kube.list_vms():
+        collect_vm_macs(other, nads, macs_in_use)
+
+    return rules.ClusterView(
+        vm=vm,
+        vmi=vmi,
+        nodes=kube.list_nodes(),
+        migrations=kube.list_migrations(vm_namespace, vm_name) if vm else [],
+        kubevirt=kube.get_kubevirt(),
+        nad=nads.get(network) if network else None,
+        nads=nads,
+        macs_in_use=macs_in_use,
+        reserved_macs=reserved_macs or {},
+    )
