@@ -33,4 +33,5 @@ def gather_view(
         nads=nads,
         macs_in_use=macs_in_use,
         reserved_macs=reserved_macs or {},
+        vm_ref=f"{vm_namespace}/{vm_name}",
     )
