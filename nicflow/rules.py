@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
 from nicflow import pciports
-from nicflow.macs import is_unicast, normalize_mac
+from nicflow.macs import allocate_mac, is_unicast, normalize_mac
 from nicflow.reasons import Reason
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ CREATOR_LABEL = "harvesterhci.io/creator"
 NODE_DRIVER_CREATOR = "docker-machine-driver-harvester"
 MAC_ADDRESS_ANNOTATION = "harvesterhci.io/mac-address"
 MIGRATION_UID_ANNOTATION = "harvesterhci.io/migrationUID"
+MIGRATION_STATE_ANNOTATION = "harvesterhci.io/migrationState"
 SCHEDULABLE_LABEL = "kubevirt.io/schedulable"
 HOSTNAME_LABEL = "kubernetes.io/hostname"
 SYSTEM_NAMESPACE = "harvester-system"
@@ -73,7 +75,7 @@ class ClusterView:
     nads: dict[str, dict]
     # Cluster network -> {MAC: "namespace/vm/interface"} over all VMs; pod networks are "".
     macs_in_use: dict[str, dict[str, str]]
-    # Cluster network -> {MAC: operation id} for operations that have not finished.
+    # Cluster network -> {MAC: operation id} for unfinished operations, except the one validated.
     reserved_macs: dict[str, dict[str, str]]
     # Unplug operations on this VM that have not yet written state absent into its spec.
     pending_unplugs: int = 0
@@ -156,7 +158,8 @@ def _source_node(vmi: Mapping | None) -> str | None:
 def _vm_state(view: ClusterView) -> Literal["running", "stopped", "changing"]:
     """Classify the VM as running (VMI phase Running), stopped, or between the two."""
     phase = _vmi_phase(view.vmi)
-    if phase == "Running":
+    vmi_deleting = bool((view.vmi or {}).get("metadata", {}).get("deletionTimestamp"))
+    if phase == "Running" and not vmi_deleting:
         return "running"
 
     printable_status = (view.vm or {}).get("status", {}).get("printableStatus")
@@ -482,6 +485,15 @@ def _check_no_migration(view: ClusterView, vm_name: str) -> Verdict:
             f"VMI {vm_name} is migrating from {state.get('sourceNode')} to {state.get('targetNode')} "
             f"(migration {state.get('migrationUid')}); wait until it ends, then retry",
         )
+
+    # Harvester keeps this annotation from a VMIM's creation until it ends, for any creator.
+    harvester_state = _annotations(view.vmi or {}).get(MIGRATION_STATE_ANNOTATION)
+    if harvester_state:
+        return _failed(
+            "no-migration-in-progress",
+            Reason.MIGRATION_IN_PROGRESS,
+            f"VMI {vm_name} has Harvester migration state {harvester_state!r}; wait until the migration ends, then retry",
+        )
     return _passed("no-migration-in-progress", f"VMI {vm_name} has no unfinished migration")
 
 
@@ -703,8 +715,9 @@ def _normalized_keys(macs: Mapping[str, str]) -> dict[str, str]:
     return normalized
 
 
-def _check_mac(view: ClusterView, mac: str | None, cluster_network: str | None) -> list[Verdict]:
-    network_text = cluster_network or "the pod network"
+def _check_mac(view: ClusterView, vm_name: str, mac: str | None, cluster_network: str | None) -> list[Verdict]:
+    # Harvester groups MACs by cluster network, and pod networks and unlabelled NADs share group "".
+    network_text = f"cluster network {cluster_network}" if cluster_network else "the group without a cluster network"
     if mac is None:
         return [_passed("mac-valid", f"No MAC given; nicflow allocates a locally administered MAC unique on {network_text}")]
 
@@ -738,8 +751,8 @@ def _check_mac(view: ClusterView, mac: str | None, cluster_network: str | None) 
             _failed(
                 "mac-unique",
                 Reason.MAC_IN_USE,
-                f"duplicate mac address present for vm {in_use[normalized]} for cluster network {network_text}: "
-                f"MAC {normalized} is taken; choose another MAC or omit it to let nicflow allocate one",
+                f"duplicate mac address present for vm {vm_name} for {network_text}: MAC {normalized} is "
+                f"used by {in_use[normalized]}; choose another MAC or omit it to let nicflow allocate one",
             )
         )
     elif normalized in reserved:
@@ -747,13 +760,25 @@ def _check_mac(view: ClusterView, mac: str | None, cluster_network: str | None) 
             _failed(
                 "mac-unique",
                 Reason.MAC_IN_USE,
-                f"MAC {normalized} is reserved on cluster network {network_text} by running operation "
+                f"MAC {normalized} is reserved on {network_text} by running operation "
                 f"{reserved[normalized]}; choose another MAC or wait until that operation ends",
             )
         )
     else:
-        verdicts.append(_passed("mac-unique", f"MAC {normalized} is not used on cluster network {network_text}"))
+        verdicts.append(_passed("mac-unique", f"MAC {normalized} is not used on {network_text}"))
     return verdicts
+
+
+def allocate_hotplug_mac(view: ClusterView, rng: random.Random | None = None) -> str:
+    """Generate a locally administered MAC unused and unreserved on the new NAD's cluster network.
+
+    Call it after check_hotplug passed, so that `view.nad` is the NAD being added.
+    """
+    group = ""
+    if view.nad is not None:
+        group = cluster_network_of(view.nad) or ""
+    taken = [*view.macs_in_use.get(group, {}), *view.reserved_macs.get(group, {})]
+    return allocate_mac(taken, rng)
 
 
 def _check_root_ports(view: ClusterView, vm_name: str) -> Verdict:
@@ -800,7 +825,7 @@ def check_hotplug(
         qualified_network = None
         network_verdict = _failed("network-name", Reason.NETWORK_NAME_INVALID, str(error))
     else:
-        network_verdict = _passed("network-name", f"Network {qualified_network} is fully qualified")
+        network_verdict = _passed("network-name", f"Network {network} refers to NetworkAttachmentDefinition {qualified_network}")
 
     cluster_network = cluster_network_of(view.nad) if view.nad is not None else None
     node_labels = {f"{NODE_NETWORK_LABEL_PREFIX}{cluster_network}": "true"} if cluster_network else {}
@@ -814,7 +839,7 @@ def check_hotplug(
     if qualified_network is not None:
         verdicts.extend(_check_nad(view, qualified_network))
     verdicts.extend(_check_interface_name(view, vm_name, interface))
-    verdicts.extend(_check_mac(view, mac, cluster_network))
+    verdicts.extend(_check_mac(view, vm_name, mac, cluster_network))
     if view.vm is not None:
         verdicts.append(_check_root_ports(view, vm_name))
 

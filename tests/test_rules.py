@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -12,9 +13,11 @@ import pytest
 import yaml
 
 from nicflow import pciports
+from nicflow.macs import generate_laa_mac, is_unicast
 from nicflow.reasons import DESCRIPTIONS, Reason
 from nicflow.rules import (
     ClusterView,
+    allocate_hotplug_mac,
     Verdict,
     check_hotplug,
     check_unplug,
@@ -346,6 +349,11 @@ def _no_vm(scenario: Scenario) -> None:
     scenario.vm_ref = "default/ghost"
 
 
+def _vmi_deleting(scenario: Scenario) -> None:
+    scenario.vmi["metadata"]["deletionTimestamp"] = "2026-05-04T10:00:00Z"
+    scenario.vm["status"]["printableStatus"] = "Stopping"
+
+
 def _vm_deleting(scenario: Scenario) -> None:
     scenario.vm["metadata"]["deletionTimestamp"] = "2026-05-04T10:00:00Z"
 
@@ -375,6 +383,7 @@ HOTPLUG_CASES = [
     ("vm-running-stopped-cold", "web-01", _stop, "nic-2", "default/vlan200", None, False, "vm-running", None),
     ("vm-running-starting", "web-01", _starting, "nic-2", "default/vlan200", None, False, "vm-running", Reason.VM_NOT_RUNNING),
     ("vm-running-scheduling", "web-01", _vmi_phase("Scheduling"), "nic-2", "default/vlan200", None, False, "vm-running", Reason.VM_NOT_RUNNING),
+    ("vm-running-vmi-deleting", "web-01", _vmi_deleting, "nic-2", "default/vlan200", None, False, "vm-running", Reason.VM_NOT_RUNNING),
     ("vm-ready-pass", "web-01", _unchanged, "nic-2", "default/vlan200", None, False, "vm-ready", None),
     ("vm-ready-false", "web-01", _vmi_condition("Ready", "False", "GuestNotRunning"), "nic-2", "default/vlan200", None, False, "vm-ready", Reason.VM_NOT_READY),
     ("vm-ready-missing", "web-01", _remove_vmi_condition("Ready"), "nic-2", "default/vlan200", None, False, "vm-ready", Reason.VM_NOT_READY),
@@ -388,6 +397,7 @@ HOTPLUG_CASES = [
     ("migration-other-vmi", "web-01", _migration("Running", vmi_name="db-legacy"), "nic-2", "default/vlan200", None, False, "no-migration-in-progress", None),
     ("migration-state-running", "web-01", _migration_state_running, "nic-2", "default/vlan200", None, False, "no-migration-in-progress", Reason.MIGRATION_IN_PROGRESS),
     ("migration-state-done", "web-01", _migration_state_done, "nic-2", "default/vlan200", None, False, "no-migration-in-progress", None),
+    ("migration-harvester-state", "web-01", _vmi_annotation("harvesterhci.io/migrationState", "Pending migration"), "nic-2", "default/vlan200", None, False, "no-migration-in-progress", Reason.MIGRATION_IN_PROGRESS),
     ("kubevirt-pass", "web-01", _unchanged, "nic-2", "default/vlan200", None, False, "kubevirt-ready", None),
     ("kubevirt-missing", "web-01", _no_kubevirt, "nic-2", "default/vlan200", None, False, "kubevirt-ready", Reason.KUBEVIRT_NOT_READY),
     ("kubevirt-unavailable", "web-01", _kubevirt_available("False", "DeploymentInProgress"), "nic-2", "default/vlan200", None, False, "kubevirt-ready", Reason.KUBEVIRT_NOT_READY),
@@ -782,9 +792,9 @@ def test_mac_in_use_message_names_owner() -> None:
     verdicts = check_hotplug(scenario.view("default/vlan200"), interface="nic-2", network="default/vlan200", mac="02:AA:BB:CC:00:02")
     message = _verdict(verdicts, "mac-unique").message
 
+    assert message.startswith("duplicate mac address present for vm default/web-01 for cluster network data")
     assert "default/rke2-pool1-abcde/nic-vlan100" in message
     assert "02:aa:bb:cc:00:02" in message
-    assert "data" in message
 
 
 def test_name_taken_message_suggests_free_name() -> None:
@@ -1048,6 +1058,27 @@ def test_observed_macs_broken_annotation() -> None:
 
 
 # --- Small helpers --------------------------------------------------------------------------
+
+
+def test_allocate_hotplug_mac_unique() -> None:
+    scenario = _scenario("web-01")
+    seeded_first = generate_laa_mac(random.Random(11))
+    scenario.reserved_macs["data"] = {seeded_first: "op-0001"}
+
+    mac = allocate_hotplug_mac(scenario.view("default/vlan200"), random.Random(11))
+
+    assert mac != seeded_first
+    assert mac not in scenario.macs_in_use["data"]
+    assert is_unicast(mac)
+
+
+def test_allocate_hotplug_mac_group() -> None:
+    scenario = _scenario("web-01")
+    seeded_first = generate_laa_mac(random.Random(11))
+    scenario.reserved_macs["data"] = {seeded_first: "op-0001"}
+
+    # The reservation is on cluster network data, so a mgmt NAD may reuse the MAC.
+    assert allocate_hotplug_mac(scenario.view("default/overlay1"), random.Random(11)) == seeded_first
 
 
 @pytest.mark.parametrize(
