@@ -374,7 +374,11 @@ def _node_rejection(node: Mapping, vmi: Mapping | None, extra_node_labels: Mappi
     labels = _labels(node)
     spec = (vmi or {}).get("spec", {})
 
-    if not _is_condition_true(node, "Ready"):
+    # A node with no Ready condition yet counts as Ready, as the simulator's scheduler treats it.
+    # On a real cluster such a node also carries the node.kubernetes.io/not-ready taint, which
+    # the taint check below rejects.
+    ready = _condition(node, "Ready")
+    if ready is not None and ready.get("status") != "True":
         return "is not Ready"
     if node.get("spec", {}).get("unschedulable"):
         return "is cordoned (unschedulable)"
@@ -409,9 +413,10 @@ def _target_rejections(view: ClusterView, extra_node_labels: Mapping[str, str]) 
 def migration_targets(view: ClusterView, extra_node_labels: dict[str, str]) -> list[str]:
     """Return the nodes, other than the VMI's current one, that can receive it in a migration.
 
-    A node qualifies when it is Ready, not cordoned, labelled kubevirt.io/schedulable=true,
-    matches the VMI's nodeSelector, required node affinity and `extra_node_labels`, and has
-    no NoSchedule or NoExecute taint the VMI does not tolerate. Resources are not checked.
+    A node qualifies when no Ready condition reports it NotReady, it is not cordoned, it is
+    labelled kubevirt.io/schedulable=true, it matches the VMI's nodeSelector, required node
+    affinity and `extra_node_labels`, and it has no NoSchedule or NoExecute taint the VMI does
+    not tolerate. CPU, memory and other resources are not checked.
     """
     return [name for name, rejection in _target_rejections(view, extra_node_labels).items() if rejection is None]
 

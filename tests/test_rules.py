@@ -258,6 +258,13 @@ def _node_not_ready(name: str) -> Callable[[Scenario], None]:
     return mutate
 
 
+def _remove_node_conditions(name: str) -> Callable[[Scenario], None]:
+    def mutate(scenario: Scenario) -> None:
+        _node(scenario, name).pop("status", None)
+
+    return mutate
+
+
 def _node_cordoned(name: str) -> Callable[[Scenario], None]:
     def mutate(scenario: Scenario) -> None:
         _node(scenario, name).setdefault("spec", {})["unschedulable"] = True
@@ -975,6 +982,8 @@ TARGET_CASES = [
     ("terms-ored", _two_terms, {}, ["node-2", "node-3"]),
     ("node-selector", _combine(_no_affinity, _node_selector({"kubernetes.io/hostname": "node-3"})), {}, ["node-3"]),
     ("not-ready", _node_not_ready("node-2"), {}, []),
+    ("no-ready-condition", _remove_node_conditions("node-2"), {}, ["node-2"]),
+    ("not-ready-taint", _combine(_remove_node_conditions("node-2"), _node_taint("node-2", "node.kubernetes.io/not-ready", "NoSchedule")), {}, []),
     ("noexecute-taint", _combine(_no_affinity, _node_taint("node-3", "dedicated", "NoExecute")), {}, ["node-2"]),
 ]
 
