@@ -207,7 +207,8 @@ class ClusterActivities:
                 non_retryable=True,
             )
         macs = {name: observed[name] for name in missing}
-        self._write_with_retry(ref, lambda current: patches.backfill_patch(current, macs))
+        written = self._write_with_retry(ref, lambda current: patches.backfill_patch(current, macs))
+        self._backfill_event(ref, "macs-written", {"macs": macs, "patch": written["patch"]})
         details: dict[str, Any] = {"macs": macs}
 
         if vmi is None:
@@ -217,19 +218,28 @@ class ClusterActivities:
         old_uid = vmi["metadata"]["uid"]
         logger.info("backfill restarting VM %s to apply MACs %s", _context(ref), macs)
         self.kube.vm_action(ref.vm_namespace, ref.vm_name, "restart")
+        self._backfill_event(ref, "restart-requested", {"vmi_uid": old_uid})
         details["restarted"] = True
-        self._wait_until_running_again(ref, old_uid)
+        new_vmi = self._wait_until_running_again(ref, old_uid)
+        self._backfill_event(ref, "running-ready", {"vmi_uid": new_vmi["metadata"]["uid"], "node": new_vmi.get("status", {}).get("nodeName")})
         return StepResult(
             outcome=Outcome.SUCCEEDED,
             message=f"wrote MACs of {', '.join(missing)} into the VM spec, restarted the VM, and it is Running and Ready",
             details=details,
         )
 
-    def _wait_until_running_again(self, ref: OperationRef, old_uid: str) -> None:
+    def _backfill_event(self, ref: OperationRef, outcome: str, details: dict[str, Any]) -> None:
+        """Record one part of a backfill at once, so the ledger shows a restart even if the step later fails."""
+        self._ledger.append_event(
+            ref.operation_id, "backfill", outcome, details, idempotency_key=f"{ref.operation_id}:backfill:{outcome}"
+        )
+
+    def _wait_until_running_again(self, ref: OperationRef, old_uid: str) -> dict:
+        """Wait for a new VMI to be Running and Ready; the activity's timeout bounds the wait."""
         while True:
             vmi = self.kube.get_vmi(ref.vm_namespace, ref.vm_name)
             if vmi and vmi["metadata"]["uid"] != old_uid and vmi_running_and_ready(vmi):
-                return
+                return vmi
             self._sleep({"waiting": "vm-restart"})
 
     # Step 3: patch spec
