@@ -28,7 +28,7 @@ __all__ = ["admit", "DictReader", "ObjectReader"]
 
 logger = logging.getLogger(__name__)
 
-# Harvester's admission handler answers a plain Go error as 500 InternalError (harvester v1.7.3,
+# Harvester's admission handler turns a plain Go error into 500 InternalError (harvester v1.7.3,
 # pkg/webhook/types/admission.go), and the apiserver keeps a webhook's code when it is 400 or more.
 HARVESTER_PLAIN_ERROR_CODE = 500
 
@@ -51,8 +51,8 @@ def admit(
     """Run the mutating then validating webhooks for one write and return the object to store.
 
     `store` is only read (`try_get`, `list`), so calling this inside a store write is safe with the
-    store's re-entrant lock. `operation` is "CREATE" or "UPDATE"; `old` is the stored object on
-    UPDATE. Raises ApiError when a webhook denies the write. `new` itself is never modified.
+    store's re-entrant lock. `operation` is "CREATE" or "UPDATE", and `old` is the stored object
+    on UPDATE. Raises ApiError when a webhook denies the write. `new` itself is never modified.
     """
     if subresource is not None or operation not in ("CREATE", "UPDATE"):
         return new
@@ -70,9 +70,9 @@ def admit(
         if plural == "virtualmachineinstancemigrations":
             return _admit_migration(store, operation, old, obj, actor)
     except (AttributeError, TypeError) as error:
-        # A field of the wrong JSON type (a string where a list belongs, ...). The real apiserver
-        # rejects it with the CRD schema before any validating webhook sees it, so the object
-        # goes on unchanged and the store's schema check reports it.
+        # A field has the wrong JSON type, such as a string where a list belongs. The real
+        # apiserver rejects such an object with the CRD schema before any validating webhook
+        # runs, so the object goes on unchanged and the store's schema check rejects it.
         logger.warning(
             "admission skipped for malformed %s %s/%s: %s", plural, namespace, metadata.get("name"), error
         )
@@ -82,15 +82,16 @@ def admit(
 def _admit_vm(
     store: ObjectReader, operation: str, old: dict[str, Any] | None, vm: dict[str, Any], actor: str
 ) -> dict[str, Any]:
-    # Mutating webhooks run one after another, ordered by configuration name; "harvester-mutator"
-    # sorts before KubeVirt's "virt-api-mutator", whose VM defaults are not simulated.
+    # Mutating webhooks run one after another in the order of their configuration names, and
+    # "harvester-mutator" sorts before KubeVirt's "virt-api-mutator" (whose VM defaults are not
+    # simulated).
     try:
         vm = harvester_vm.mutate_vm(store, operation, vm)
     except harvester_vm.HarvesterWebhookError as error:
         raise _denied(harvester_vm.MUTATOR, vm, actor, str(error), HARVESTER_PLAIN_ERROR_CODE) from None
 
-    # NOTE: a real apiserver calls validating webhooks in parallel and reports the first denial to
-    # arrive; this runs KubeVirt's spec validator first, so a write that both deny gets the 422.
+    # NOTE: a real apiserver calls validating webhooks in parallel and reports the first denial
+    # to arrive. Here KubeVirt's validator always runs first, so a write that both deny gets 422.
     if not (vm.get("metadata") or {}).get("deletionTimestamp"):
         causes = kubevirt_vm.vm_network_causes(operation, vm)
         if causes:

@@ -64,7 +64,7 @@ def multus_network_name(network: dict[str, Any]) -> str:
 
 
 def annotated_macs(vm: dict[str, Any]) -> dict[str, str]:
-    """Parse the `harvesterhci.io/mac-address` annotation; an unparsable value counts as empty, as in Harvester."""
+    """Parse the `harvesterhci.io/mac-address` annotation, counting an unparsable value as empty as Harvester does."""
     raw = ((vm.get("metadata") or {}).get("annotations") or {}).get(MAC_ADDRESS_ANNOTATION)
     if raw is None:
         return {}
@@ -106,8 +106,8 @@ def patch_interface_macs(vm: dict[str, Any], generate: Any = generate_laa_mac) -
     """Give every template interface with an empty MAC a generated one, in place.
 
     An interface whose name is a key of the `harvesterhci.io/mac-address` annotation keeps its empty
-    MAC: that is a VM from before v1.7 whose MAC is injected into the VMI instead. Returns the names
-    of the interfaces that got a MAC.
+    MAC, because that is a VM from before v1.7 whose MAC is injected into the VMI instead. Returns
+    the names of the interfaces that got a MAC.
     """
     if template_spec(vm) is None:
         return []
@@ -191,14 +191,14 @@ def patch_affinity(reader: ObjectReader, vm: dict[str, Any]) -> None:
 
     terms = []
     for term in required.get("nodeSelectorTerms") or []:
-        kept = [
+        remaining = [
             expression
             for expression in term.get("matchExpressions") or []
             if not str(expression.get("key", "")).startswith(NETWORK_LABEL_PREFIX)
             and expression.get("key") != CPU_MANAGER_LABEL
         ]
-        if kept:
-            terms.append({**term, "matchExpressions": kept})
+        if remaining:
+            terms.append({**term, "matchExpressions": remaining})
 
     for network in spec.get("networks") or []:
         requirement = _requirement_for_network(reader, network, namespace)
@@ -208,8 +208,8 @@ def patch_affinity(reader: ObjectReader, vm: dict[str, Any]) -> None:
     if _is_dedicated_cpu(spec):
         _add_to_every_term(terms, {"key": CPU_MANAGER_LABEL, "operator": "In", "values": ["true"]})
 
-    # Harvester never writes an empty `requiredDuringScheduling...: {}`: with no term left it drops
-    # the required selector, and the whole nodeAffinity when nothing is preferred either.
+    # Harvester never writes an empty required selector. With no term left it drops the required
+    # selector, and it drops the whole nodeAffinity when nothing is preferred either.
     if terms:
         node_affinity["requiredDuringSchedulingIgnoredDuringExecution"] = {**required, "nodeSelectorTerms": terms}
         affinity["nodeAffinity"] = node_affinity
@@ -307,10 +307,10 @@ def duplicate_mac_error(reader: ObjectReader, vm: dict[str, Any]) -> str | None:
     metadata = vm.get("metadata") or {}
     identity = (metadata.get("namespace"), metadata.get("name"))
     candidates.sort(key=lambda other: _identity(other) != identity)
-    taken = _macs_by_cluster_network(reader, candidates)
+    stored_owners = _macs_by_cluster_network(reader, candidates)
 
     for cluster_network, owners in own.items():
-        other_owners = taken.get(cluster_network, {})
+        other_owners = stored_owners.get(cluster_network, {})
         for mac, owner in owners.items():
             if mac in other_owners and other_owners[mac] != owner:
                 return f"duplicate mac address present for vm {metadata.get('name')} for cluster network {cluster_network}"
@@ -326,7 +326,8 @@ def validate_vm(reader: ObjectReader, operation: str, old: dict[str, Any] | None
     """Run the network part of `validator.harvesterhci.io` and return its error message, or None.
 
     On update the duplicate-MAC check runs only when the template interface list changed.
-    HarvesterWebhookError from NAD lookups is converted to its message: both are plain errors.
+    A HarvesterWebhookError from a NAD lookup becomes the returned message, because Harvester
+    returns both as plain errors.
     """
     if operation == "UPDATE" and old is not None:
         if (

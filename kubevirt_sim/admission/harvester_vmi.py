@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 def inject_annotated_macs(vm: dict[str, Any], vmi: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of `vmi` whose interfaces carry the MACs observed in the VM's annotation.
 
-    Only an interface whose VM template MAC is empty gets one; the VM and VMI interfaces are paired
+    Only an interface whose VM template MAC is empty gets one. The VM and VMI interfaces are paired
     by position, as in Harvester. This is how a pre-v1.7 VM keeps its MACs across restarts without
     a MAC in its spec. An annotation that is not a JSON object of strings injects nothing.
 

@@ -46,7 +46,7 @@ def mutate_migration(migration: dict[str, Any]) -> dict[str, Any]:
 
 
 def missing_vmi_name_causes(migration: dict[str, Any]) -> list[dict[str, str]]:
-    """`spec.vmiName` is required; this one is a 422 Invalid, unlike the other create denials."""
+    """Require `spec.vmiName`, the one create check that KubeVirt reports as 422 Invalid instead of 400."""
     if (migration.get("spec") or {}).get("vmiName"):
         return []
     return [{"reason": "FieldValueRequired", "message": "vmiName is missing", "field": "spec.vmiName"}]
@@ -55,8 +55,8 @@ def missing_vmi_name_causes(migration: dict[str, Any]) -> list[dict[str, str]]:
 def not_migratable_message(vmi: dict[str, Any]) -> str | None:
     """Return the denial for a VMI whose `LiveMigratable` condition is False, or None.
 
-    Decentralized migrations (`sendTo`/`receive`) may skip `DisksNotLiveMigratable` in KubeVirt;
-    Harvester does not use them, so this does not either.
+    KubeVirt lets decentralized migrations (`sendTo`/`receive`) past `DisksNotLiveMigratable`.
+    Harvester does not use them, so this check does not make that exception.
     """
     for condition in (vmi.get("status") or {}).get("conditions") or []:
         if condition.get("type") == "LiveMigratable" and condition.get("status") == "False":

@@ -1,7 +1,7 @@
 """The network rules of KubeVirt 1.6's `virtualmachine-validator.kubevirt.io` webhook.
 
 Each rule returns Kubernetes StatusCauses (`{"reason", "message", "field"}`) in the order KubeVirt
-appends them; `vm_network_causes` composes them for a VM. Fields are rendered as Kubernetes field
+appends them, and `vm_network_causes` composes them for a VM. Fields are rendered as Kubernetes field
 paths, e.g. `spec.template.spec.domain.devices.interfaces[1].macAddress`. The non-network rules of
 the webhook (CPU, memory, volumes, probes, instancetypes) are not simulated.
 """
@@ -54,7 +54,7 @@ def _networks(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _present(obj: dict[str, Any], key: str) -> bool:
-    """Whether a Go pointer field decoded from `obj[key]` would be non-nil."""
+    """Return whether the Go pointer field decoded from `obj[key]` would be non-nil."""
     return obj.get(key) is not None
 
 
@@ -97,7 +97,7 @@ def single_pod_network_causes(path: str, spec: dict[str, Any]) -> list[dict[str,
 
 
 def network_source_causes(path: str, spec: dict[str, Any]) -> list[dict[str, str]]:
-    """Each network has exactly one source, pod or multus."""
+    """Require exactly one source, pod or multus, on each network."""
     causes = []
     for index, network in enumerate(_networks(spec)):
         has_pod, has_multus = _present(network, "pod"), _present(network, "multus")
@@ -109,7 +109,7 @@ def network_source_causes(path: str, spec: dict[str, Any]) -> list[dict[str, str
 
 
 def multus_network_name_causes(path: str, spec: dict[str, Any]) -> list[dict[str, str]]:
-    """A Multus network needs a networkName; KubeVirt reports only the first one that lacks it."""
+    """Require a networkName on Multus networks, reporting only the first one that lacks it as KubeVirt does."""
     for index, network in enumerate(_networks(spec)):
         if _present(network, "multus") and not network["multus"].get("networkName"):
             return [_cause(REQUIRED, "CNI delegating plugin must have a networkName", f"{path}.networks[{index}]")]
@@ -309,8 +309,8 @@ def interface_field_causes(path: str, spec: dict[str, Any]) -> list[dict[str, st
     return causes
 
 
-def _port_name_errors(name: str) -> bool:
-    """Whether `name` breaks the Kubernetes IANA port-name rules."""
+def _is_invalid_port_name(name: str) -> bool:
+    """Return whether `name` breaks the Kubernetes IANA port-name rules."""
     return (
         len(name) > 15
         or not _PORT_NAME_CHARSET.fullmatch(name)
@@ -331,7 +331,7 @@ def _port_causes(path: str, index: int, ports: list[dict[str, Any]]) -> list[dic
         field = _interface_field(path, index, f"ports[{port_index}].name")
         if name in seen:
             causes.append(_cause(DUPLICATE, f"Duplicate name of the port: {name}", field))
-        if _port_name_errors(name):
+        if _is_invalid_port_name(name):
             causes.append(_cause(INVALID, f"Invalid name of the port: {name}", field))
         seen.add(name)
 
@@ -350,7 +350,7 @@ def _port_causes(path: str, index: int, ports: list[dict[str, Any]]) -> list[dic
 
 
 def _is_ipv4(text: str) -> bool:
-    """Whether Go's `net.ParseIP(text).To4()` is non-nil: IPv4, or IPv4-mapped IPv6."""
+    """Return whether Go's `net.ParseIP(text).To4()` is non-nil, which holds for IPv4 and IPv4-mapped IPv6."""
     if "%" in text:
         return False
     try:

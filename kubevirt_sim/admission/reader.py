@@ -27,8 +27,8 @@ class ObjectReader(Protocol):
 class DictReader:
     """An `ObjectReader` over a fixed set of objects, for running the webhook rules without a store.
 
-    `label_selector` supports only the `key=value` and `key in (value)` forms that the webhooks use;
-    `field_selector` is not supported and raises ValueError.
+    `label_selector` supports only the `key=value` form that the webhooks use, and a
+    `field_selector` raises ValueError.
     """
 
     def __init__(self, objects: Iterable[tuple[str, dict[str, Any]]] = ()):
@@ -58,7 +58,7 @@ class DictReader:
     ) -> tuple[list[dict[str, Any]], str]:
         if field_selector:
             raise ValueError(f"DictReader does not support field selectors, got {field_selector!r}")
-        wanted = _parse_label_selector(label_selector) if label_selector else {}
+        required_labels = _parse_label_selector(label_selector) if label_selector else {}
 
         items = []
         for entry_plural, obj in self._objects:
@@ -68,7 +68,7 @@ class DictReader:
             if namespace is not None and metadata.get("namespace") != namespace:
                 continue
             labels = metadata.get("labels") or {}
-            if any(labels.get(key) != value for key, value in wanted.items()):
+            if any(labels.get(key) != value for key, value in required_labels.items()):
                 continue
             items.append(copy.deepcopy(obj))
         return items, "0"
@@ -81,19 +81,11 @@ def _key(entry: tuple[str, dict[str, Any]]) -> tuple[str, str | None, str | None
 
 
 def _parse_label_selector(selector: str) -> dict[str, str]:
-    """Parse `a=b,c in (d)` into {a: b, c: d}; other selector forms raise ValueError."""
-    wanted: dict[str, str] = {}
+    """Parse `a=b,c==d` into {a: b, c: d}, raising ValueError for any other selector form."""
+    required: dict[str, str] = {}
     for term in selector.split(","):
-        term = term.strip()
-        if " in (" in term and term.endswith(")"):
-            key, _, rest = term.partition(" in (")
-            values = [value.strip() for value in rest[:-1].split(",")]
-            if len(values) != 1:
-                raise ValueError(f"DictReader supports one value per 'in' term, got {term!r}")
-            wanted[key.strip()] = values[0]
-        elif "=" in term and "!=" not in term:
-            key, _, value = term.partition("=")
-            wanted[key.strip().rstrip("=")] = value.strip().lstrip("=")
-        else:
-            raise ValueError(f"DictReader does not support the label selector term {term!r}")
-    return wanted
+        key, separator, value = term.partition("=")
+        if not separator or key.endswith("!") or not key.strip():
+            raise ValueError(f"DictReader supports only key=value label selectors, got {term.strip()!r}")
+        required[key.strip()] = value.lstrip("=").strip()
+    return required

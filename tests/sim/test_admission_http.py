@@ -17,7 +17,7 @@ from kubevirt_sim import Simulator
 
 HARVESTER_FIXTURES = Path(__file__).resolve().parents[2] / "nicflow" / "manifests"
 KUBEVIRT = ("kubevirt.io", "v1")
-# The client sends a list body as a merge patch unless told otherwise.
+# The client sends a list body as a merge patch unless the content type is set.
 JSON_PATCH = "application/json-patch+json"
 
 
