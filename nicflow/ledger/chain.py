@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -51,7 +51,7 @@ def normalize_details(details: dict[str, Any]) -> dict[str, Any]:
     """Return `details` as the JSON value the database will give back, so that its hash verifies.
 
     Tuples become lists, keys become strings and integral floats become ints, because
-    PostgreSQL's JSONB returns `1.0` and `1e20` as numbers that Python reads differently.
+    PostgreSQL 15's JSONB gives `1e20` back as `100000000000000000000` and `-0.0` as `0.0`.
     Raises ValueError for values that JSON cannot carry (NaN, infinity, NUL, other types).
     """
     if not isinstance(details, dict):
@@ -99,14 +99,21 @@ def compute_hash(prev_hash: str, link: ChainLink) -> str:
     return hashlib.sha256((prev_hash + canonical_json(payload)).encode("utf-8")).hexdigest()
 
 
-def verify_links(links: Iterable[ChainLink], head_seq: int, head_hash: str) -> ChainReport:
-    """Check links read in seq order against each other and against the chain head.
+def verify_links(
+    links: Iterable[ChainLink], head_seq: int, head_hash: str, anchors: Mapping[int, str] | None = None
+) -> ChainReport:
+    """Check links read in seq order against each other, the chain head and known hashes.
 
     Seqs start at 1 and have no gaps, each prev_hash is the previous hash, each hash matches
     its recomputed value, and the last event is the one `ledger_head` records. A deleted
-    event shows as a gap (or, for the newest event, as a head mismatch), a reordered one as a
-    hash mismatch, and an edited one as a hash mismatch.
+    event shows as a gap (or, for the newest event, as a head mismatch), a reordered event as
+    a prev_hash mismatch and an edited event as a hash mismatch.
+
+    Someone who can write to the database can still rewrite an event and every hash after
+    it. `anchors` maps seqs to hashes kept outside the database (such as `last_seq` and
+    `last_hash` of an earlier report) and catches that rewrite.
     """
+    anchors = anchors or {}
     expected_seq = 1
     prev_hash = GENESIS_HASH
     count = 0
@@ -135,10 +142,26 @@ def verify_links(links: Iterable[ChainLink], head_seq: int, head_hash: str) -> C
                 first_broken_seq=link.seq,
                 problem=f"stored hash {link.hash} does not match the recomputed {recomputed}: the event was changed",
             )
+        anchored = anchors.get(link.seq)
+        if anchored is not None and link.hash != anchored:
+            return ChainReport(
+                ok=False,
+                events=count,
+                first_broken_seq=link.seq,
+                problem=f"hash {link.hash} does not match the anchored hash {anchored}: the chain was rewritten",
+            )
         prev_hash = link.hash
         expected_seq += 1
 
     last_seq = expected_seq - 1
+    beyond = sorted(seq for seq in anchors if seq > last_seq)
+    if beyond:
+        return ChainReport(
+            ok=False,
+            events=count,
+            first_broken_seq=last_seq + 1,
+            problem=f"anchored event seq {beyond[0]} is missing: the chain ends at seq {last_seq}",
+        )
     if last_seq != head_seq:
         return ChainReport(
             ok=False,
@@ -153,4 +176,4 @@ def verify_links(links: Iterable[ChainLink], head_seq: int, head_hash: str) -> C
             first_broken_seq=last_seq,
             problem=f"ledger_head records hash {head_hash} but the last stored event has hash {prev_hash}",
         )
-    return ChainReport(ok=True, events=count)
+    return ChainReport(ok=True, events=count, last_seq=last_seq, last_hash=prev_hash)

@@ -89,7 +89,9 @@ class ChainReport(BaseModel):
     """The result of `Ledger.verify_chain()`.
 
     `first_broken_seq` is the seq where verification first failed (for a deleted event, the
-    missing seq) and `problem` says why; both are None when `ok` is true.
+    missing seq) and `problem` states why; both are None when `ok` is true. `last_seq` and
+    `last_hash` are set when `ok` is true, and an auditor can keep them outside the database
+    as an anchor for later checks.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -98,6 +100,8 @@ class ChainReport(BaseModel):
     events: int = Field(description="number of events read")
     first_broken_seq: int | None = None
     problem: str | None = None
+    last_seq: int | None = None
+    last_hash: str | None = None
 
 
 class OperationRequest(BaseModel):

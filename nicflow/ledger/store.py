@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -296,14 +296,17 @@ class Ledger:
 
     # Chain and projection
 
-    def verify_chain(self) -> ChainReport:
+    def verify_chain(self, *, anchors: Mapping[int, str] | None = None) -> ChainReport:
         """Recompute the whole hash chain and report the first event where it breaks.
 
-        Reads one consistent snapshot, so appends running meanwhile do not break the check.
+        `anchors` maps seqs to hashes recorded outside the database, such as `last_seq` and
+        `last_hash` of an earlier report; without them a rewrite of an event and of every
+        hash after it goes unnoticed. Reads one consistent snapshot, so appends running
+        meanwhile do not break the check.
         """
         with self._snapshot() as session:
             head = session.get_one(LedgerHead, HEAD_ROW_ID)
-            report = verify_links(self._links(session), head.last_seq, head.last_hash)
+            report = verify_links(self._links(session), head.last_seq, head.last_hash, anchors)
 
         if report.ok:
             logger.info("ledger chain verified: %s events", report.events)
@@ -355,8 +358,15 @@ class Ledger:
                         )
                     )
                     session.flush()
-        except IntegrityError:
+        except IntegrityError as error:
             # Another transaction reserved the MAC between our check and our insert.
+            logger.debug(
+                "MAC %s on %s was reserved concurrently with operation %s: %s",
+                mac,
+                cluster_network,
+                operation_id,
+                error.orig,
+            )
             with self._sessions() as session:
                 holder = self._active_holder(session, cluster_network, mac)
             return self._report_reservation(cluster_network, mac, operation_id, holder)
