@@ -10,7 +10,9 @@ domain. KubeVirt 1.6.4 and later keep the same total with a different layout.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
+from typing import Any
 
 GIB = 1024**3
 SMALL_DOMAIN_MEMORY = 2 * GIB
@@ -57,14 +59,23 @@ def parse_quantity(text: str | int) -> int:
     return int(number * _QUANTITY_SUFFIXES[match.group(2)])
 
 
+def _dig(obj: Any, *keys: str) -> Any:
+    """Follow `keys` through nested dicts; a missing key or an explicit null gives None."""
+    value = obj
+    for key in keys:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
 def domain_memory_bytes(vmi: dict) -> int | None:
     """Return the guest memory of the VMI in bytes: `memory.guest`, else the memory request, else the limit."""
-    domain = vmi.get("spec", {}).get("domain", {})
-    resources = domain.get("resources", {})
+    domain = _dig(vmi, "spec", "domain")
     candidates = (
-        domain.get("memory", {}).get("guest"),
-        resources.get("requests", {}).get("memory"),
-        resources.get("limits", {}).get("memory"),
+        _dig(domain, "memory", "guest"),
+        _dig(domain, "resources", "requests", "memory"),
+        _dig(domain, "resources", "limits", "memory"),
     )
     for value in candidates:
         if value is not None:
@@ -78,13 +89,14 @@ def count_pci_devices(vmi: dict) -> int:
     Counts interfaces that are not absent, host devices, GPUs, virtio disks, virtio inputs, a
     watchdog, an RNG device and the controllers and balloon KubeVirt adds by default.
     """
-    devices = vmi.get("spec", {}).get("domain", {}).get("devices", {})
+    devices = _dig(vmi, "spec", "domain", "devices") or {}
+    inputs = devices.get("inputs") or []
 
-    interfaces = [item for item in devices.get("interfaces", []) if item.get("state") != "absent"]
-    host_devices = devices.get("hostDevices", []) + devices.get("gpus", [])
-    virtio_disks = [disk for disk in devices.get("disks", []) if _disk_bus(disk) == "virtio"]
-    virtio_inputs = [item for item in devices.get("inputs", []) if item.get("bus") == "virtio"]
-    usb_inputs = [item for item in devices.get("inputs", []) if item.get("bus", "usb") == "usb"]
+    interfaces = [item for item in devices.get("interfaces") or [] if item.get("state") != "absent"]
+    host_devices = (devices.get("hostDevices") or []) + (devices.get("gpus") or [])
+    virtio_disks = [disk for disk in devices.get("disks") or [] if _disk_bus(disk) == "virtio"]
+    virtio_inputs = [item for item in inputs if item.get("bus") == "virtio"]
+    usb_inputs = [item for item in inputs if (item.get("bus") or "usb") == "usb"]
 
     count = len(interfaces) + len(host_devices) + len(virtio_disks) + len(virtio_inputs)
 
@@ -130,11 +142,11 @@ def free_hotplug_ports(vmi: dict, hotplugged_since_start: int = 0) -> int | None
     Returns None when the estimate does not apply: a machine type other than q35 or no memory
     in the spec.
     """
-    annotations = vmi.get("metadata", {}).get("annotations", {}) or {}
+    annotations = _dig(vmi, "metadata", "annotations") or {}
     if annotations.get(ROOT_COMPLEX_ANNOTATION) == "true":
         return 0
 
-    machine_type = vmi.get("spec", {}).get("domain", {}).get("machine", {}).get("type", "q35")
+    machine_type = _dig(vmi, "spec", "domain", "machine", "type") or "q35"
     if "q35" not in machine_type:
         return None
 

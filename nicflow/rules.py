@@ -14,7 +14,7 @@ import random
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from nicflow import pciports
 from nicflow.macs import allocate_mac, is_unicast, normalize_mac
@@ -104,23 +104,32 @@ def first_failure(verdicts: Iterable[Verdict]) -> Verdict | None:
 # --- Reading Kubernetes objects -------------------------------------------------------------
 
 
+def _dig(obj: Any, *keys: str) -> Any:
+    """Follow `keys` through nested dicts; a missing key or an explicit null gives None."""
+    value = obj
+    for key in keys:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
 def _qualified_name(obj: Mapping) -> str:
-    metadata = obj.get("metadata", {})
-    return f"{metadata.get('namespace', '')}/{metadata.get('name', '')}"
+    return f"{_dig(obj, 'metadata', 'namespace') or ''}/{_dig(obj, 'metadata', 'name') or ''}"
 
 
-def _labels(obj: Mapping) -> dict[str, str]:
-    return obj.get("metadata", {}).get("labels") or {}
+def _labels(obj: Mapping | None) -> dict[str, str]:
+    return _dig(obj, "metadata", "labels") or {}
 
 
-def _annotations(obj: Mapping) -> dict[str, str]:
-    return obj.get("metadata", {}).get("annotations") or {}
+def _annotations(obj: Mapping | None) -> dict[str, str]:
+    return _dig(obj, "metadata", "annotations") or {}
 
 
 def _condition(obj: Mapping | None, condition_type: str) -> dict | None:
     if obj is None:
         return None
-    for condition in obj.get("status", {}).get("conditions") or []:
+    for condition in _dig(obj, "status", "conditions") or []:
         if condition.get("type") == condition_type:
             return condition
     return None
@@ -132,37 +141,33 @@ def _is_condition_true(obj: Mapping | None, condition_type: str) -> bool:
 
 
 def _template_spec(vm: Mapping) -> dict:
-    return vm.get("spec", {}).get("template", {}).get("spec", {})
+    return _dig(vm, "spec", "template", "spec") or {}
 
 
 def _interfaces(spec: Mapping) -> list[dict]:
-    return spec.get("domain", {}).get("devices", {}).get("interfaces") or []
+    return _dig(spec, "domain", "devices", "interfaces") or []
 
 
 def _networks(spec: Mapping) -> list[dict]:
-    return spec.get("networks") or []
+    return _dig(spec, "networks") or []
 
 
 def _vmi_phase(vmi: Mapping | None) -> str | None:
-    if vmi is None:
-        return None
-    return vmi.get("status", {}).get("phase")
+    return _dig(vmi, "status", "phase")
 
 
 def _source_node(vmi: Mapping | None) -> str | None:
-    if vmi is None:
-        return None
-    return vmi.get("status", {}).get("nodeName") or _labels(vmi).get("kubevirt.io/nodeName")
+    return _dig(vmi, "status", "nodeName") or _labels(vmi).get("kubevirt.io/nodeName")
 
 
 def _vm_state(view: ClusterView) -> Literal["running", "stopped", "changing"]:
     """Classify the VM as running (VMI phase Running), stopped, or between the two."""
     phase = _vmi_phase(view.vmi)
-    vmi_deleting = bool((view.vmi or {}).get("metadata", {}).get("deletionTimestamp"))
+    vmi_deleting = bool(_dig(view.vmi, "metadata", "deletionTimestamp"))
     if phase == "Running" and not vmi_deleting:
         return "running"
 
-    printable_status = (view.vm or {}).get("status", {}).get("printableStatus")
+    printable_status = _dig(view.vm, "status", "printableStatus")
     if (view.vmi is None or phase in FINAL_VMI_PHASES) and printable_status in (None, "Stopped"):
         return "stopped"
     return "changing"
@@ -212,8 +217,9 @@ def observed_macs(vmi: dict | None, vm: dict) -> dict[str, str]:
         {item.get("name", ""): item.get("macAddress", "") for item in _interfaces(_template_spec(vm))},
     ]
     if vmi is not None:
-        candidates.append({item.get("name", ""): item.get("mac", "") for item in vmi.get("status", {}).get("interfaces") or []})
-        candidates.append({item.get("name", ""): item.get("macAddress", "") for item in _interfaces(vmi.get("spec", {}))})
+        statuses = _dig(vmi, "status", "interfaces") or []
+        candidates.append({item.get("name", ""): item.get("mac", "") for item in statuses})
+        candidates.append({item.get("name", ""): item.get("macAddress", "") for item in _interfaces(_dig(vmi, "spec"))})
 
     annotation = _annotations(vm).get(MAC_ADDRESS_ANNOTATION)
     if annotation:
@@ -246,8 +252,8 @@ def observed_macs(vmi: dict | None, vm: dict) -> dict[str, str]:
 def _live_migratable_failure(vmi: dict) -> str | None:
     """Return the first reason Harvester's ValidateVMMigratable finds, with a next step."""
     name = _qualified_name(vmi)
-    spec = vmi.get("spec", {})
-    devices = spec.get("domain", {}).get("devices", {})
+    spec = _dig(vmi, "spec") or {}
+    devices = _dig(spec, "domain", "devices") or {}
 
     if _vmi_phase(vmi) != "Running":
         return f"VM {name} is not live migratable as it is not running; start the VM or wait until its VMI phase is Running"
@@ -351,7 +357,7 @@ def _matches_term(node: Mapping, term: Mapping) -> bool:
         return False
 
     labels = _labels(node)
-    node_fields = {"metadata.name": node.get("metadata", {}).get("name", "")}
+    node_fields = {"metadata.name": _dig(node, "metadata", "name") or ""}
     return all(_matches_expression(labels, item) for item in expressions) and all(
         _matches_expression(node_fields, item) for item in fields
     )
@@ -372,7 +378,7 @@ def _tolerates(taint: Mapping, tolerations: Iterable[Mapping]) -> bool:
 def _node_rejection(node: Mapping, vmi: Mapping | None, extra_node_labels: Mapping[str, str]) -> str | None:
     """Return why the node cannot receive the migrating VMI, or None when it can."""
     labels = _labels(node)
-    spec = (vmi or {}).get("spec", {})
+    spec = _dig(vmi, "spec") or {}
 
     # A node with no Ready condition yet counts as Ready, as the simulator's scheduler treats it.
     # On a real cluster such a node also carries the node.kubernetes.io/not-ready taint, which
@@ -380,7 +386,7 @@ def _node_rejection(node: Mapping, vmi: Mapping | None, extra_node_labels: Mappi
     ready = _condition(node, "Ready")
     if ready is not None and ready.get("status") != "True":
         return "is not Ready"
-    if node.get("spec", {}).get("unschedulable"):
+    if _dig(node, "spec", "unschedulable"):
         return "is cordoned (unschedulable)"
     if labels.get(SCHEDULABLE_LABEL) != "true":
         return f"does not have {SCHEDULABLE_LABEL}=true"
@@ -389,11 +395,11 @@ def _node_rejection(node: Mapping, vmi: Mapping | None, extra_node_labels: Mappi
         if labels.get(key) != value:
             return f"does not have {key}={value}"
 
-    required = spec.get("affinity", {}).get("nodeAffinity", {}).get("requiredDuringSchedulingIgnoredDuringExecution")
-    if required is not None and not any(_matches_term(node, term) for term in required.get("nodeSelectorTerms") or []):
+    required = _dig(spec, "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution")
+    if required is not None and not any(_matches_term(node, term) for term in _dig(required, "nodeSelectorTerms") or []):
         return "does not match the VM's required node affinity"
 
-    for taint in node.get("spec", {}).get("taints") or []:
+    for taint in _dig(node, "spec", "taints") or []:
         if taint.get("effect") in ("NoSchedule", "NoExecute") and not _tolerates(taint, spec.get("tolerations") or []):
             return f"has taint {taint.get('key')}:{taint.get('effect')} that the VM does not tolerate"
     return None
@@ -403,7 +409,7 @@ def _target_rejections(view: ClusterView, extra_node_labels: Mapping[str, str]) 
     source = _source_node(view.vmi)
     rejections: dict[str, str | None] = {}
     for node in view.nodes:
-        name = node.get("metadata", {}).get("name", "")
+        name = _dig(node, "metadata", "name") or ""
         if name == source:
             continue
         rejections[name] = _node_rejection(node, view.vmi, extra_node_labels)
@@ -427,7 +433,7 @@ def migration_targets(view: ClusterView, extra_node_labels: dict[str, str]) -> l
 def _check_vm_exists(view: ClusterView, vm_name: str) -> Verdict:
     if view.vm is None:
         return _failed("vm-exists", Reason.VM_NOT_FOUND, f"VM {vm_name} not found; check the namespace and the name")
-    if view.vm.get("metadata", {}).get("deletionTimestamp"):
+    if _dig(view.vm, "metadata", "deletionTimestamp"):
         return _failed("vm-exists", Reason.VM_BEING_DELETED, f"VM {vm_name} is being deleted; nothing can be changed on it")
     return _passed("vm-exists", f"VM {vm_name} exists")
 
@@ -442,7 +448,7 @@ def _check_vm_running(view: ClusterView, vm_name: str) -> Verdict:
             f"VM {vm_name} is stopped; the change is cold: it is written to the VM spec and takes effect at the next start",
         )
 
-    printable_status = (view.vm or {}).get("status", {}).get("printableStatus", "unknown")
+    printable_status = _dig(view.vm, "status", "printableStatus") or "unknown"
     phase = _vmi_phase(view.vmi) or "none"
     return _failed(
         "vm-running",
@@ -471,18 +477,18 @@ def _check_vm_ready(view: ClusterView, vm_name: str) -> Verdict:
 def _check_no_migration(view: ClusterView, vm_name: str) -> Verdict:
     vmi_name = vm_name.split("/", 1)[1]
     for migration in view.migrations:
-        if migration.get("spec", {}).get("vmiName") not in (None, vmi_name):
+        if _dig(migration, "spec", "vmiName") not in (None, vmi_name):
             continue
-        phase = migration.get("status", {}).get("phase") or "Pending"
+        phase = _dig(migration, "status", "phase") or "Pending"
         if phase not in FINAL_MIGRATION_PHASES:
             return _failed(
                 "no-migration-in-progress",
                 Reason.MIGRATION_IN_PROGRESS,
-                f"Migration {migration.get('metadata', {}).get('name')} of VMI {vm_name} is {phase}; "
+                f"Migration {_dig(migration, 'metadata', 'name')} of VMI {vm_name} is {phase}; "
                 "wait until it succeeds or fails, then retry",
             )
 
-    state = (view.vmi or {}).get("status", {}).get("migrationState") or {}
+    state = _dig(view.vmi, "status", "migrationState") or {}
     if state.get("startTimestamp") and not state.get("endTimestamp") and not state.get("completed") and not state.get("failed"):
         return _failed(
             "no-migration-in-progress",
@@ -610,14 +616,14 @@ def _check_nad(view: ClusterView, network: str) -> list[Verdict]:
         ]
     verdicts = [_passed("nad-exists", f"NetworkAttachmentDefinition {network} exists")]
 
-    if nad.get("metadata", {}).get("deletionTimestamp"):
+    if _dig(nad, "metadata", "deletionTimestamp"):
         verdicts.append(
             _failed("nad-not-deleting", Reason.NAD_BEING_DELETED, f"network {network} is not hot-pluggable: it is being deleted")
         )
     else:
         verdicts.append(_passed("nad-not-deleting", f"NetworkAttachmentDefinition {network} is not being deleted"))
 
-    if nad.get("metadata", {}).get("namespace") == SYSTEM_NAMESPACE:
+    if _dig(nad, "metadata", "namespace") == SYSTEM_NAMESPACE:
         verdicts.append(
             _failed(
                 "nad-namespace",
@@ -634,7 +640,7 @@ def _check_nad(view: ClusterView, network: str) -> list[Verdict]:
 
 
 def _check_nad_bridge(nad: Mapping, network: str) -> Verdict:
-    config_text = nad.get("spec", {}).get("config", "")
+    config_text = _dig(nad, "spec", "config") or ""
     try:
         config = json.loads(config_text)
     except (json.JSONDecodeError, TypeError) as error:
@@ -666,7 +672,7 @@ def _used_names(view: ClusterView) -> dict[str, list[str]]:
     used: dict[str, list[str]] = {}
     specs = [("VM", _template_spec(view.vm or {}))]
     if view.vmi is not None:
-        specs.append(("VMI", view.vmi.get("spec", {})))
+        specs.append(("VMI", _dig(view.vmi, "spec") or {}))
     for owner, spec in specs:
         for kind, items in (("interface", _interfaces(spec)), ("network", _networks(spec))):
             for item in items:
@@ -925,7 +931,7 @@ def _check_interface_for_unplug(view: ClusterView, vm_name: str, interface: str)
 
 
 def _check_pod_interface_name(view: ClusterView, vm_name: str, interface: str) -> Verdict:
-    statuses = (view.vmi or {}).get("status", {}).get("interfaces") or []
+    statuses = _dig(view.vmi, "status", "interfaces") or []
     status = next((item for item in statuses if item.get("name") == interface), {})
     pod_interface = status.get("podInterfaceName", "")
     if ORDINAL_POD_INTERFACE.match(pod_interface):

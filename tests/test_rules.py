@@ -1212,3 +1212,49 @@ def test_free_ports_memory_fallback() -> None:
 
     assert pciports.domain_memory_bytes(vmi) == 2**30
     assert pciports.free_hotplug_ports(vmi) == 3
+
+
+# --- Sparse objects -------------------------------------------------------------------------
+
+
+def _sparse_view() -> ClusterView:
+    """A view whose objects have explicit nulls where the API usually omits a field."""
+    metadata = {"name": "sparse", "namespace": "default", "labels": None, "annotations": None}
+    return ClusterView(
+        vm={"metadata": metadata, "spec": {"template": {"spec": {"domain": {"devices": {"interfaces": None}}, "networks": None}}}, "status": None},
+        vmi={
+            "metadata": metadata,
+            "spec": {"domain": {"devices": {"disks": None, "inputs": None}, "memory": None, "machine": None}, "volumes": None, "affinity": None},
+            "status": {"phase": "Running", "conditions": None, "migrationState": None, "interfaces": None},
+        },
+        nodes=[{"metadata": {"name": "node-1", "labels": None}, "spec": {"taints": None}, "status": None}],
+        migrations=[{"metadata": None, "spec": None, "status": None}],
+        kubevirt={"metadata": None, "status": None},
+        nad={"metadata": {"name": "net", "namespace": "default", "labels": None}, "spec": {"config": None}},
+        nads={},
+        macs_in_use={},
+        reserved_macs={},
+    )
+
+
+def test_hotplug_sparse_objects() -> None:
+    verdicts = check_hotplug(_sparse_view(), interface="nic-2", network="net", mac=None)
+
+    # Without a MAC only mac-valid runs, so mac-unicast and mac-unique are left out.
+    assert [verdict.rule for verdict in verdicts] == HOTPLUG_RULES[:-3] + ["root-ports"]
+    assert _verdict(verdicts, "kubevirt-ready").reason == Reason.KUBEVIRT_NOT_READY
+    assert _verdict(verdicts, "nad-bridge").reason == Reason.NAD_CONFIG_INVALID
+
+
+def test_unplug_sparse_objects() -> None:
+    verdicts = check_unplug(_sparse_view(), interface="nic-2")
+
+    assert verdicts[-1].reason == Reason.INTERFACE_NOT_FOUND
+
+
+def test_macs_sparse_objects() -> None:
+    view = _sparse_view()
+
+    assert missing_macs(view.vm) == []
+    assert observed_macs(view.vmi, view.vm) == {}
+    assert pciports.free_hotplug_ports(view.vmi) is None
