@@ -416,6 +416,33 @@ def _target_rejections(view: ClusterView, extra_node_labels: Mapping[str, str]) 
     return rejections
 
 
+def _cluster_network_labels(cluster_networks: Iterable[str | None]) -> dict[str, str]:
+    return {f"{NODE_NETWORK_LABEL_PREFIX}{name}": "true" for name in sorted({name for name in cluster_networks if name})}
+
+
+def _attached_cluster_networks(view: ClusterView, leaving: str | None = None) -> list[str | None]:
+    """Return the cluster networks of the VM's secondary networks that stay attached.
+
+    The bridge of each one must exist on the migration target too, whether or not the VM's
+    affinity names it. Networks whose NAD is not in `view.nads` are skipped.
+    """
+    spec = _template_spec(view.vm)
+    namespace = _dig(view.vm, "metadata", "namespace") or ""
+    absent = {item.get("name") for item in _interfaces(spec) if item.get("state") == "absent"}
+
+    cluster_networks: list[str | None] = []
+    for network in _networks(spec):
+        name = network.get("name")
+        network_name = _dig(network, "multus", "networkName")
+        if not network_name or name in absent or name == leaving:
+            continue
+        key = network_name if "/" in network_name else f"{namespace}/{network_name}"
+        nad = view.nads.get(key)
+        if nad is not None:
+            cluster_networks.append(cluster_network_of(nad))
+    return cluster_networks
+
+
 def migration_targets(view: ClusterView, extra_node_labels: dict[str, str]) -> list[str]:
     """Return the nodes, other than the VMI's current one, that can receive it in a migration.
 
@@ -839,7 +866,7 @@ def check_hotplug(
         network_verdict = _passed("network-name", f"Network {network} refers to NetworkAttachmentDefinition {qualified_network}")
 
     cluster_network = cluster_network_of(view.nad) if view.nad is not None else None
-    node_labels = {f"{NODE_NETWORK_LABEL_PREFIX}{cluster_network}": "true"} if cluster_network else {}
+    node_labels = _cluster_network_labels([*_attached_cluster_networks(view), cluster_network])
 
     if view.vm is not None:
         verdicts.extend(_common_checks(view, vm_name, allow_restart, node_labels))
@@ -971,7 +998,8 @@ def check_unplug(view: ClusterView, *, interface: str, allow_restart: bool = Fal
         _log_failures("hot-unplug", vm_name, verdicts)
         return verdicts
 
-    verdicts.extend(_common_checks(view, vm_name, allow_restart, {}))
+    node_labels = _cluster_network_labels(_attached_cluster_networks(view, leaving=interface))
+    verdicts.extend(_common_checks(view, vm_name, allow_restart, node_labels))
     verdicts.extend(_check_interface_for_unplug(view, vm_name, interface))
 
     _log_failures("hot-unplug", vm_name, verdicts)

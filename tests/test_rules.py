@@ -306,6 +306,29 @@ def _edge_network(scenario: Scenario) -> None:
     _node(scenario, "node-1")["metadata"]["labels"]["network.harvesterhci.io/edge"] = "true"
 
 
+def _no_affinity(scenario: Scenario) -> None:
+    scenario.vmi["spec"].pop("affinity")
+
+
+def _set_interface(name: str, **changes: object) -> Callable[[Scenario], None]:
+    def mutate(scenario: Scenario) -> None:
+        interface = next(item for item in _vm_interfaces(scenario) if item["name"] == name)
+        for key, value in changes.items():
+            if value is None:
+                interface.pop(key, None)
+            else:
+                interface[key] = value
+
+    return mutate
+
+
+def _forget_nad(key: str) -> Callable[[Scenario], None]:
+    def mutate(scenario: Scenario) -> None:
+        scenario.nads.pop(key)
+
+    return mutate
+
+
 def _guest_cluster_label(scenario: Scenario) -> None:
     scenario.vm["metadata"]["labels"]["harvesterhci.io/creator"] = "docker-machine-driver-harvester"
 
@@ -430,6 +453,9 @@ HOTPLUG_CASES = [
     ("target-tainted-tolerated", "web-01", _combine(_node_taint("node-2", "maintenance", "NoSchedule"), _tolerate("maintenance")), "nic-2", "default/vlan200", None, False, "migration-target", None),
     ("target-prefer-taint", "web-01", _node_taint("node-2", "maintenance", "PreferNoSchedule"), "nic-2", "default/vlan200", None, False, "migration-target", None),
     ("target-new-network-source-only", "web-01", _edge_network, "nic-2", "default/edge300", None, False, "migration-target", Reason.NO_MIGRATION_TARGET),
+    ("target-attached-network", "web-01", _combine(_no_affinity, _node_cordoned("node-2")), "nic-2", "default/overlay1", None, False, "migration-target", Reason.NO_MIGRATION_TARGET),
+    ("target-attached-nad-unknown", "web-01", _combine(_no_affinity, _node_cordoned("node-2"), _forget_nad("default/vlan100")), "nic-2", "default/overlay1", None, False, "migration-target", None),
+    ("target-attached-absent", "web-01", _combine(_no_affinity, _node_cordoned("node-2"), _set_interface("nic-vlan100", state="absent")), "nic-2", "default/overlay1", None, False, "migration-target", None),
     ("target-affinity-unmet", "web-01", _node_label("node-2", "network.harvesterhci.io/data", None), "nic-2", "default/overlay1", None, False, "migration-target", Reason.NO_MIGRATION_TARGET),
     ("guest-node-pass", "web-01", _unchanged, "nic-2", "default/vlan200", None, False, "not-guest-cluster-node", None),
     ("guest-node-rke2", "rke2-pool1-abcde", _unchanged, "nic-2", "default/vlan200", None, False, "not-guest-cluster-node", Reason.GUEST_CLUSTER_NODE),
@@ -521,18 +547,6 @@ def test_hotplug_rule(
 # --- Hot-unplug table -----------------------------------------------------------------------
 
 
-def _set_interface(name: str, **changes: object) -> Callable[[Scenario], None]:
-    def mutate(scenario: Scenario) -> None:
-        interface = next(item for item in _vm_interfaces(scenario) if item["name"] == name)
-        for key, value in changes.items():
-            if value is None:
-                interface.pop(key, None)
-            else:
-                interface[key] = value
-
-    return mutate
-
-
 def _bridge_on_pod_network(scenario: Scenario) -> None:
     interface = next(item for item in _vm_interfaces(scenario) if item["name"] == "default")
     interface.pop("masquerade")
@@ -574,6 +588,8 @@ UNPLUG_CASES = [
     ("migratable-cdrom", "web-01", _cdrom, "nic-vlan100", False, "live-migratable", Reason.NOT_LIVE_MIGRATABLE),
     ("target-pass", "web-01", _unchanged, "nic-vlan100", False, "migration-target", None),
     ("target-not-ready", "web-01", _node_not_ready("node-2"), "nic-vlan100", False, "migration-target", Reason.NO_MIGRATION_TARGET),
+    ("target-leaving-network", "web-01", _combine(_no_affinity, _node_cordoned("node-2")), "nic-vlan100", False, "migration-target", None),
+    ("target-staying-network", "web-01", _combine(_third_interface, _no_affinity, _node_cordoned("node-2")), "nic-2", False, "migration-target", Reason.NO_MIGRATION_TARGET),
     ("guest-node-rke2", "rke2-pool1-abcde", _unchanged, "nic-vlan100", False, "not-guest-cluster-node", Reason.GUEST_CLUSTER_NODE),
     ("macs-missing", "db-legacy", _unchanged, "nic-vlan100", False, "macs-in-spec", Reason.MAC_MISSING_IN_SPEC),
     ("macs-missing-restart", "db-legacy", _unchanged, "nic-vlan100", True, "macs-in-spec", None),
@@ -920,10 +936,6 @@ def _affinity(*expressions: dict) -> Callable[[Scenario], None]:
         }
 
     return mutate
-
-
-def _no_affinity(scenario: Scenario) -> None:
-    scenario.vmi["spec"].pop("affinity")
 
 
 def _node_selector(labels: dict[str, str]) -> Callable[[Scenario], None]:
