@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC
 from pathlib import Path
@@ -139,6 +142,19 @@ def test_upgrade_from_other_directory(pg_url: str, tmp_path: Path, monkeypatch: 
 
     upgrade(pg_url)
 
+    assert Ledger(pg_url).verify_chain().ok
+
+
+def test_upgrade_outside_project(pg_url: str, tmp_path: Path) -> None:
+    """Run upgrade() in a fresh interpreter whose sys.path has no project root, as `nicflow db upgrade` does."""
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONPATH"}
+    script = "import sys; from nicflow.ledger import upgrade; upgrade(sys.argv[1])"
+
+    finished = subprocess.run(
+        [sys.executable, "-c", script, pg_url], cwd=tmp_path, env=environment, capture_output=True, text=True
+    )
+
+    assert finished.returncode == 0, finished.stderr
     assert Ledger(pg_url).verify_chain().ok
 
 

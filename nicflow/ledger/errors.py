@@ -8,7 +8,7 @@ class LedgerError(Exception):
 
 
 class SchemaNotUpgradedError(LedgerError):
-    """The database has no ledger schema, or an older one than this nicflow expects."""
+    """The database has no ledger schema, or one at another revision than this nicflow expects."""
 
 
 class OperationNotFoundError(LedgerError, LookupError):

@@ -106,7 +106,7 @@ class Event(Base):
 
 
 class LedgerHead(Base):
-    """The single row that holds the end of the chain; appends lock it to serialize."""
+    """The single row that records the end of the chain. Appends lock it, so they run one at a time."""
 
     __tablename__ = "ledger_head"
 

@@ -89,9 +89,9 @@ class ChainReport(BaseModel):
     """The result of `Ledger.verify_chain()`.
 
     `first_broken_seq` is the seq where verification first failed (for a deleted event, the
-    missing seq) and `problem` states why; both are None when `ok` is true. `last_seq` and
-    `last_hash` are set when `ok` is true, and an auditor can keep them outside the database
-    as an anchor for later checks.
+    missing seq) and `problem` states why. Both are None when `ok` is true. Only then are
+    `last_seq` and `last_hash` set, which an auditor can keep outside the database as an
+    anchor for later checks.
     """
 
     model_config = ConfigDict(frozen=True)
