@@ -292,7 +292,7 @@ def _live_migratable_failure(vmi: dict) -> str | None:
         )
 
     # Harvester v1.7.1 and later also honour KubeVirt's LiveMigratable=False. nicflow also
-    # rejects a missing condition, because KubeVirt's VMIM webhook would decide on it anyway.
+    # rejects a missing or Unknown condition, because virt-controller has not decided yet.
     condition = _condition(vmi, "LiveMigratable")
     if condition is None:
         return (
@@ -300,15 +300,15 @@ def _live_migratable_failure(vmi: dict) -> str | None:
             "wait until virt-controller sets it and retry"
         )
     if condition.get("status") != "True":
-        reason = condition.get("reason", "")
-        detail = condition.get("message", "")
+        reason = condition.get("reason") or "none given"
+        detail = f" ({condition['message']})" if condition.get("message") else ""
         advice = "fix the cause KubeVirt reports, which usually needs a restart, and retry"
         if reason == "InterfaceNotLiveMigratable":
             advice = (
                 "switch the pod-network interface to masquerade binding, or add the annotation "
                 "kubevirt.io/allow-pod-bridge-network-live-migration to the VM, then restart it"
             )
-        return f"VM {name} is not live migratable as the condition reported with reason: {reason} ({detail}); {advice}"
+        return f"VM {name} is not live migratable as the condition reported with reason: {reason}{detail}; {advice}"
 
     return None
 
@@ -318,7 +318,8 @@ def is_live_migratable(vmi: dict) -> Verdict:
 
     The checks are: phase Running, no Harvester migration annotation, no kubernetes.io/hostname
     node selector, no host devices, no GPUs, no CD-ROM or container disk, and the
-    LiveMigratable condition True. Harvester accepts a missing condition; nicflow does not.
+    LiveMigratable condition True. Harvester accepts a missing or Unknown condition, nicflow
+    does not.
     """
     failure = _live_migratable_failure(vmi)
     if failure is not None:
@@ -568,7 +569,7 @@ def _check_migration_target(view: ClusterView, vm_name: str, extra_node_labels: 
 
     rejections = _target_rejections(view, extra_node_labels)
     targets = [name for name, rejection in rejections.items() if rejection is None]
-    source = _source_node(view.vmi)
+    source = _source_node(view.vmi) or "the current one"
     if targets:
         return _passed("migration-target", f"VMI {vm_name} can migrate from node {source} to {', '.join(targets)}")
 
@@ -600,6 +601,14 @@ def _check_macs_in_spec(view: ClusterView, vm_name: str, allow_restart: bool) ->
         return _passed("macs-in-spec", f"Every interface of VM {vm_name} has a MAC in its spec")
 
     names = ", ".join(missing)
+    unobserved = [name for name in missing if name not in observed_macs(view.vmi, view.vm or {})]
+    if unobserved and (is_cold(view) or allow_restart):
+        return _failed(
+            "macs-in-spec",
+            Reason.MAC_MISSING_IN_SPEC,
+            f"VM {vm_name} has no macAddress on interfaces {names} in its spec, and no MAC was observed for "
+            f"{', '.join(unobserved)}; start the VM once so that KubeVirt reports its MACs, then retry",
+        )
     if is_cold(view):
         return _passed("macs-in-spec", f"VM {vm_name} has no macAddress on interfaces {names}; backfill writes the observed MACs first")
     if allow_restart:

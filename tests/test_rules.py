@@ -322,6 +322,17 @@ def _set_interface(name: str, **changes: object) -> Callable[[Scenario], None]:
     return mutate
 
 
+def _drop_mac_annotation(scenario: Scenario) -> None:
+    scenario.vm["metadata"]["annotations"].pop("harvesterhci.io/mac-address")
+
+
+def _drop_vmi_macs(scenario: Scenario) -> None:
+    for interface in _vmi_devices(scenario)["interfaces"]:
+        interface.pop("macAddress", None)
+    for status in scenario.vmi["status"]["interfaces"]:
+        status.pop("mac", None)
+
+
 def _forget_nad(key: str) -> Callable[[Scenario], None]:
     def mutate(scenario: Scenario) -> None:
         scenario.nads.pop(key)
@@ -464,6 +475,9 @@ HOTPLUG_CASES = [
     ("macs-missing", "db-legacy", _unchanged, "nic-2", "default/vlan200", None, False, "macs-in-spec", Reason.MAC_MISSING_IN_SPEC),
     ("macs-missing-restart", "db-legacy", _unchanged, "nic-2", "default/vlan200", None, True, "macs-in-spec", None),
     ("macs-missing-stopped", "db-legacy", _stop, "nic-2", "default/vlan200", None, False, "macs-in-spec", None),
+    ("macs-unobserved-stopped", "db-legacy", _combine(_stop, _drop_mac_annotation), "nic-2", "default/vlan200", None, False, "macs-in-spec", Reason.MAC_MISSING_IN_SPEC),
+    ("macs-unobserved-restart", "db-legacy", _combine(_drop_mac_annotation, _drop_vmi_macs), "nic-2", "default/vlan200", None, True, "macs-in-spec", Reason.MAC_MISSING_IN_SPEC),
+    ("macs-observed-in-vmi", "db-legacy", _drop_mac_annotation, "nic-2", "default/vlan200", None, True, "macs-in-spec", None),
     ("network-qualified", "web-01", _unchanged, "nic-2", "default/vlan200", None, False, "network-name", None),
     ("network-bare", "web-01", _unchanged, "nic-2", "vlan200", None, False, "network-name", None),
     ("network-two-slashes", "web-01", _unchanged, "nic-2", "default/vlan/200", None, False, "network-name", Reason.NETWORK_NAME_INVALID),
