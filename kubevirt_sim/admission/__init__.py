@@ -6,7 +6,7 @@ and then the validating webhooks that the real cluster runs:
 | object | operation | mutating | validating |
 |---|---|---|---|
 | VM | CREATE, UPDATE | `mutator.harvesterhci.io` (MACs, affinity) | `virtualmachine-validator.kubevirt.io` (422), `validator.harvesterhci.io` (duplicate MACs, 500) |
-| VMI | CREATE | Harvester VMI mutator (`mutator.harvesterhci.io`, MACs from the VM annotation) | none simulated |
+| VMI | CREATE | Harvester VMI mutator (`mutator.harvesterhci.io`, MACs from the VM annotation) | `virtualmachineinstances-create-validator.kubevirt.io` (422) |
 | VMIM | CREATE | `migrations-mutator.kubevirt.io` (label, finalizer) | `migration-create-validator.kubevirt.io` (400; 422 for a missing vmiName) |
 | VMIM | UPDATE | none | `migration-update-validator.kubevirt.io` (422) |
 
@@ -106,9 +106,15 @@ def _admit_vm(
 
 def _admit_vmi(store: ObjectReader, vmi: dict[str, Any], actor: str) -> dict[str, Any]:
     try:
-        return harvester_vmi.mutate_vmi(store, vmi)
+        vmi = harvester_vmi.mutate_vmi(store, vmi)
     except harvester_vm.HarvesterWebhookError as error:
         raise _denied(harvester_vm.MUTATOR, vmi, actor, str(error), HARVESTER_PLAIN_ERROR_CODE) from None
+
+    causes = kubevirt_vm.vmi_create_network_causes(vmi)
+    if causes:
+        message, reported = kubevirt_vm.denial_message(causes)
+        raise _denied(kubevirt_vm.VMI_CREATE_WEBHOOK, vmi, actor, message, 422, causes=reported)
+    return vmi
 
 
 def _admit_migration(

@@ -15,6 +15,7 @@ from typing import Any
 from kubevirt_sim.admission.macs import mac_syntax_error
 
 WEBHOOK = "virtualmachine-validator.kubevirt.io"
+VMI_CREATE_WEBHOOK = "virtualmachineinstances-create-validator.kubevirt.io"
 
 INVALID = "FieldValueInvalid"
 REQUIRED = "FieldValueRequired"
@@ -422,6 +423,18 @@ def vm_network_causes(operation: str, vm: dict[str, Any]) -> list[dict[str, str]
         if slirp:
             return slirp
     return network_causes("spec.template.spec", template_spec)
+
+
+def vmi_create_network_causes(vmi: dict[str, Any]) -> list[dict[str, str]]:
+    """Return the network causes of KubeVirt's VMI create validator, fields under `spec`.
+
+    KubeVirt 1.6 runs the network validator twice on a VMI create, once registered as an extra
+    spec validator and once inside the shared VMI spec validation, so each network cause appears
+    twice.
+    """
+    spec = vmi.get("spec") or {}
+    causes = slirp_creation_causes("spec", spec) + network_causes("spec", spec)
+    return causes + network_causes("spec", spec)
 
 
 def denial_message(causes: list[dict[str, str]]) -> tuple[str, list[dict[str, str]]]:

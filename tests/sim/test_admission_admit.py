@@ -259,3 +259,15 @@ def test_migration_status_write_passes(cluster: DictReader) -> None:
     old = {"metadata": {"name": "web-01-a"}, "spec": {"vmiName": "web-01"}}
     new = {"metadata": {"name": "web-01-a"}, "spec": {"vmiName": "other"}, "status": {"phase": "Running"}}
     assert admit(cluster, "UPDATE", "virtualmachineinstancemigrations", "default", old, new, "status", "virt-controller") is new
+
+
+def test_vmi_create_invalid_422(cluster: DictReader) -> None:
+    vmi = cluster.try_get("virtualmachineinstances", "default", "web-01")
+    vmi["spec"]["domain"]["devices"]["interfaces"][1]["model"] = "virtio-net"
+    error = denial(lambda: admit(cluster, "CREATE", "virtualmachineinstances", "default", None, vmi, None, "virt-controller"))
+    expected = "interface spec.domain.devices.interfaces[1].name uses model virtio-net that is not supported."
+    assert error.code == 422
+    assert error.message == (
+        'admission webhook "virtualmachineinstances-create-validator.kubevirt.io" denied the request: '
+        f"{expected}, {expected}"
+    )

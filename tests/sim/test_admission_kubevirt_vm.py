@@ -334,3 +334,21 @@ def test_denial_message_truncates() -> None:
     message, reported = kubevirt_vm.denial_message(causes)
     assert message == ", ".join(f"m{index}" for index in range(10)) + ", and 2 more validation errors"
     assert reported == causes[:10]
+
+
+def test_vmi_create_valid() -> None:
+    assert kubevirt_vm.vmi_create_network_causes({"spec": copy.deepcopy(VALID)}) == []
+
+
+def test_vmi_create_causes_repeat() -> None:
+    """KubeVirt runs the network validator twice on a VMI create, so each cause comes twice."""
+    causes = kubevirt_vm.vmi_create_network_causes({"spec": spec([MASQUERADE, {**VLAN_IFACE, "model": "rtl"}], [POD, VLAN_NET])})
+    expected = "interface spec.domain.devices.interfaces[1].name uses model rtl that is not supported."
+    assert messages(causes) == [expected, expected]
+    assert fields(causes) == ["spec.domain.devices.interfaces[1].model"] * 2
+
+
+def test_vmi_create_slirp_first() -> None:
+    causes = kubevirt_vm.vmi_create_network_causes({"spec": spec([{"name": "default", "slirp": {}, "model": "rtl"}], [POD])})
+    assert messages(causes)[0] == "Slirp interface support has been discontinued since v1.3"
+    assert len(causes) == 3
