@@ -352,7 +352,8 @@ class Store:
                     group=resource.group,
                 )
             new = self._prepare_update(resource, old, obj, subresource)
-            return self._finish_update(resource, old, new, actor, subresource, admit)
+            committed, removed = self._finish_update(resource, old, new, actor, subresource, admit)
+        return self._after_update(committed, removed)
 
     def patch(
         self,
@@ -381,7 +382,8 @@ class Store:
             if requested and requested != old["metadata"]["resourceVersion"]:
                 raise errors.conflict(plural, resource.group, name)
             new = self._prepare_update(resource, old, patched, subresource)
-            return self._finish_update(resource, old, new, actor, subresource, admit)
+            committed, removed = self._finish_update(resource, old, new, actor, subresource, admit)
+        return self._after_update(committed, removed)
 
     def delete(
         self,
@@ -674,7 +676,8 @@ class Store:
 
     def _finish_update(
         self, resource: Resource, old: dict, new: dict, actor: str, subresource: str | None, admit: bool
-    ) -> dict:
+    ) -> tuple[dict, bool]:
+        """Admit, validate and commit an update; return the stored object and whether it was removed."""
         namespace = old["metadata"].get("namespace")
         if admit and self.admission is not None:
             new = self.admission(self, "UPDATE", resource.plural, namespace, clone(old), new, subresource, actor)
@@ -684,15 +687,16 @@ class Store:
             new["metadata"]["generation"] = old["metadata"].get("generation", 0) + 1
 
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
-            committed = self._commit("DELETED", resource, old, new, actor)
-            self._dispatch()
-            self._collect_dependents(committed, actor="garbage-collector")
-            return clone(committed)
-
+            return self._commit("DELETED", resource, old, new, actor), True
         if new == old:
-            return clone(old)
-        committed = self._commit("MODIFIED", resource, old, new, actor)
+            return old, False
+        return self._commit("MODIFIED", resource, old, new, actor), False
+
+    def _after_update(self, committed: dict, removed: bool) -> dict:
+        """Deliver events and, when the update removed the object, delete its dependents."""
         self._dispatch()
+        if removed:
+            self._collect_dependents(committed, actor="garbage-collector")
         return clone(committed)
 
     def _check_preconditions(self, resource: Resource, old: dict, preconditions: dict) -> None:
