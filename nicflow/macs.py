@@ -54,7 +54,9 @@ def normalize_mac(text: str) -> str:
     elif _DOT_FORM.match(candidate):
         digits = candidate.replace(".", "")
     elif any(form.match(candidate) for form in _LONG_FORMS):
-        raise ValueError(f"MAC address {text!r} is too long: a virtio interface needs a 6-byte MAC such as 02:00:5e:00:53:01")
+        raise ValueError(
+            f"MAC address {text!r} is too long: a virtio interface needs a 6-byte MAC such as 02:00:5e:00:53:01"
+        )
     else:
         raise ValueError(
             f"MAC address {text!r} is invalid: use six hex pairs separated by ':' or '-', "

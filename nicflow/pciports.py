@@ -50,7 +50,9 @@ def parse_quantity(text: str | int) -> int:
 
     match = _QUANTITY.match(str(text).strip())
     if match is None or match.group(2) not in _QUANTITY_SUFFIXES:
-        raise ValueError(f"memory quantity {text!r} is invalid: expected a number with an optional suffix such as Mi or Gi")
+        raise ValueError(
+            f"memory quantity {text!r} is invalid: expected a number with an optional suffix such as Mi or Gi"
+        )
 
     try:
         number = Decimal(match.group(1))

@@ -74,7 +74,9 @@ DESCRIPTIONS: dict[Reason, str] = {
     Reason.NAD_CONFIG_INVALID: "The NetworkAttachmentDefinition's spec.config is not a JSON object.",
     Reason.NAD_NOT_BRIDGE: "The NetworkAttachmentDefinition's CNI type is not bridge, so it cannot be hot-plugged.",
     Reason.NAD_SYSTEM_NAMESPACE: "The NetworkAttachmentDefinition is a system network in harvester-system.",
-    Reason.INTERFACE_NAME_INVALID: "The interface name has characters other than A-Z, a-z, 0-9, - and _, or is too long.",
+    Reason.INTERFACE_NAME_INVALID: (
+        "The interface name is empty, longer than 63 characters, or has characters other than A-Z, a-z, 0-9, - and _."
+    ),
     Reason.INTERFACE_NAME_TAKEN: "An interface or network of the VM already has that name.",
     Reason.MAC_INVALID: "The MAC address is not a 6-byte MAC in a form Go's net.ParseMAC accepts.",
     Reason.MAC_NOT_UNICAST: "The MAC address is a multicast or broadcast address.",

@@ -202,7 +202,8 @@ def qualify_network(network: str, namespace: str) -> str:
 
 def missing_macs(vm: dict) -> list[str]:
     """Return the names of the VM template interfaces that have no macAddress, in spec order."""
-    return [interface.get("name", "") for interface in _interfaces(_template_spec(vm)) if not interface.get("macAddress")]
+    interfaces = _interfaces(_template_spec(vm))
+    return [interface.get("name", "") for interface in interfaces if not interface.get("macAddress")]
 
 
 def observed_macs(vmi: dict | None, vm: dict) -> dict[str, str]:
@@ -256,7 +257,10 @@ def _live_migratable_failure(vmi: dict) -> str | None:
     devices = _dig(spec, "domain", "devices") or {}
 
     if _vmi_phase(vmi) != "Running":
-        return f"VM {name} is not live migratable as it is not running; start the VM or wait until its VMI phase is Running"
+        return (
+            f"VM {name} is not live migratable as it is not running; "
+            "start the VM or wait until its VMI phase is Running"
+        )
 
     migration_uid = _annotations(vmi).get(MIGRATION_UID_ANNOTATION)
     if migration_uid:
@@ -275,12 +279,18 @@ def _live_migratable_failure(vmi: dict) -> str | None:
     host_devices = devices.get("hostDevices") or []
     if host_devices:
         names = ", ".join(device.get("name", "") for device in host_devices)
-        return f"VM {name} is not live migratable as PCIe or USB devices are attached ({names}); detach them and restart the VM"
+        return (
+            f"VM {name} is not live migratable as PCIe or USB devices are attached ({names}); "
+            "detach them and restart the VM"
+        )
 
     gpus = devices.get("gpus") or []
     if gpus:
         names = ", ".join(device.get("name", "") for device in gpus)
-        return f"VM {name} is not live migratable as vGPU devices are attached ({names}); detach them and restart the VM"
+        return (
+            f"VM {name} is not live migratable as vGPU devices are attached ({names}); "
+            "detach them and restart the VM"
+        )
 
     cdroms = [disk.get("name", "") for disk in devices.get("disks") or [] if "cdrom" in disk]
     container_disks = [volume.get("name", "") for volume in spec.get("volumes") or [] if "containerDisk" in volume]
@@ -324,7 +334,8 @@ def is_live_migratable(vmi: dict) -> Verdict:
     failure = _live_migratable_failure(vmi)
     if failure is not None:
         return _failed("live-migratable", Reason.NOT_LIVE_MIGRATABLE, failure)
-    return _passed("live-migratable", f"VM {_qualified_name(vmi)} is live migratable and KubeVirt reports LiveMigratable=True")
+    message = f"VM {_qualified_name(vmi)} is live migratable and KubeVirt reports LiveMigratable=True"
+    return _passed("live-migratable", message)
 
 
 def _matches_expression(values: Mapping[str, str], expression: Mapping) -> bool:
@@ -397,7 +408,8 @@ def _node_rejection(node: Mapping, vmi: Mapping | None, extra_node_labels: Mappi
             return f"does not have {key}={value}"
 
     required = _dig(spec, "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution")
-    if required is not None and not any(_matches_term(node, term) for term in _dig(required, "nodeSelectorTerms") or []):
+    terms = _dig(required, "nodeSelectorTerms") or []
+    if required is not None and not any(_matches_term(node, term) for term in terms):
         return "does not match the VM's required node affinity"
 
     for taint in _dig(node, "spec", "taints") or []:
@@ -418,7 +430,8 @@ def _target_rejections(view: ClusterView, extra_node_labels: Mapping[str, str]) 
 
 
 def _cluster_network_labels(cluster_networks: Iterable[str | None]) -> dict[str, str]:
-    return {f"{NODE_NETWORK_LABEL_PREFIX}{name}": "true" for name in sorted({name for name in cluster_networks if name})}
+    names = sorted({name for name in cluster_networks if name})
+    return {f"{NODE_NETWORK_LABEL_PREFIX}{name}": "true" for name in names}
 
 
 def _attached_cluster_networks(view: ClusterView, leaving: str | None = None) -> list[str | None]:
@@ -462,7 +475,8 @@ def _check_vm_exists(view: ClusterView, vm_name: str) -> Verdict:
     if view.vm is None:
         return _failed("vm-exists", Reason.VM_NOT_FOUND, f"VM {vm_name} not found; check the namespace and the name")
     if _dig(view.vm, "metadata", "deletionTimestamp"):
-        return _failed("vm-exists", Reason.VM_BEING_DELETED, f"VM {vm_name} is being deleted; nothing can be changed on it")
+        message = f"VM {vm_name} is being deleted; nothing can be changed on it"
+        return _failed("vm-exists", Reason.VM_BEING_DELETED, message)
     return _passed("vm-exists", f"VM {vm_name} exists")
 
 
@@ -473,7 +487,8 @@ def _check_vm_running(view: ClusterView, vm_name: str) -> Verdict:
     if state == "stopped":
         return _passed(
             "vm-running",
-            f"VM {vm_name} is stopped; the change is cold: it is written to the VM spec and takes effect at the next start",
+            f"VM {vm_name} is stopped; the change is cold: it is written to the VM spec "
+            "and takes effect at the next start",
         )
 
     printable_status = _dig(view.vm, "status", "printableStatus") or "unknown"
@@ -517,7 +532,8 @@ def _check_no_migration(view: ClusterView, vm_name: str) -> Verdict:
             )
 
     state = _dig(view.vmi, "status", "migrationState") or {}
-    if state.get("startTimestamp") and not state.get("endTimestamp") and not state.get("completed") and not state.get("failed"):
+    ended = state.get("endTimestamp") or state.get("completed") or state.get("failed")
+    if state.get("startTimestamp") and not ended:
         return _failed(
             "no-migration-in-progress",
             Reason.MIGRATION_IN_PROGRESS,
@@ -531,20 +547,24 @@ def _check_no_migration(view: ClusterView, vm_name: str) -> Verdict:
         return _failed(
             "no-migration-in-progress",
             Reason.MIGRATION_IN_PROGRESS,
-            f"VMI {vm_name} has Harvester migration state {harvester_state!r}; wait until the migration ends, then retry",
+            f"VMI {vm_name} has Harvester migration state {harvester_state!r}; "
+            "wait until the migration ends, then retry",
         )
     return _passed("no-migration-in-progress", f"VMI {vm_name} has no unfinished migration")
 
 
 def _check_kubevirt_ready(view: ClusterView) -> Verdict:
     if view.kubevirt is None:
-        return _failed("kubevirt-ready", Reason.KUBEVIRT_NOT_READY, "KubeVirt is not ready: the KubeVirt CR was not found")
+        message = "KubeVirt is not ready: the KubeVirt CR was not found"
+        return _failed("kubevirt-ready", Reason.KUBEVIRT_NOT_READY, message)
 
     condition = _condition(view.kubevirt, "Available") or {}
     if condition.get("status") == "True" and condition.get("reason") == "AllComponentsReady":
         return _passed("kubevirt-ready", f"KubeVirt {_qualified_name(view.kubevirt)} is Available (AllComponentsReady)")
 
-    found = f"Available={condition.get('status')} ({condition.get('reason')})" if condition else "no Available condition"
+    found = "no Available condition"
+    if condition:
+        found = f"Available={condition.get('status')} ({condition.get('reason')})"
     return _failed(
         "kubevirt-ready",
         Reason.KUBEVIRT_NOT_READY,
@@ -557,9 +577,8 @@ def _check_live_migratable(view: ClusterView, vm_name: str) -> Verdict:
     if is_cold(view):
         return _passed("live-migratable", f"VM {vm_name} is stopped, so no migration is needed")
     if view.vmi is None:
-        return _failed(
-            "live-migratable", Reason.NOT_LIVE_MIGRATABLE, f"VM {vm_name} is not live migratable as it is not running; start it first"
-        )
+        message = f"VM {vm_name} is not live migratable as it is not running; start it first"
+        return _failed("live-migratable", Reason.NOT_LIVE_MIGRATABLE, message)
     return is_live_migratable(view.vmi)
 
 
@@ -574,7 +593,9 @@ def _check_migration_target(view: ClusterView, vm_name: str, extra_node_labels: 
         return _passed("migration-target", f"VMI {vm_name} can migrate from node {source} to {', '.join(targets)}")
 
     required_labels = ", ".join(f"{key}={value}" for key, value in extra_node_labels.items())
-    details = "; ".join(f"node {name} {rejection}" for name, rejection in rejections.items()) or "the cluster has no other node"
+    details = "; ".join(f"node {name} {rejection}" for name, rejection in rejections.items())
+    if not details:
+        details = "the cluster has no other node"
     needs = f" with {required_labels}" if required_labels else ""
     return _failed(
         "migration-target",
@@ -610,11 +631,13 @@ def _check_macs_in_spec(view: ClusterView, vm_name: str, allow_restart: bool) ->
             f"{', '.join(unobserved)}; start the VM once so that KubeVirt reports its MACs, then retry",
         )
     if is_cold(view):
-        return _passed("macs-in-spec", f"VM {vm_name} has no macAddress on interfaces {names}; backfill writes the observed MACs first")
+        message = f"VM {vm_name} has no macAddress on interfaces {names}; backfill writes the observed MACs first"
+        return _passed("macs-in-spec", message)
     if allow_restart:
         return _passed(
             "macs-in-spec",
-            f"VM {vm_name} has no macAddress on interfaces {names}; backfill writes the observed MACs and restarts the VM first",
+            f"VM {vm_name} has no macAddress on interfaces {names}; "
+            "backfill writes the observed MACs and restarts the VM first",
         )
     return _failed(
         "macs-in-spec",
@@ -624,7 +647,9 @@ def _check_macs_in_spec(view: ClusterView, vm_name: str, allow_restart: bool) ->
     )
 
 
-def _common_checks(view: ClusterView, vm_name: str, allow_restart: bool, extra_node_labels: Mapping[str, str]) -> list[Verdict]:
+def _common_checks(
+    view: ClusterView, vm_name: str, allow_restart: bool, extra_node_labels: Mapping[str, str]
+) -> list[Verdict]:
     return [
         _check_vm_running(view, vm_name),
         _check_vm_ready(view, vm_name),
@@ -653,9 +678,8 @@ def _check_nad(view: ClusterView, network: str) -> list[Verdict]:
     verdicts = [_passed("nad-exists", f"NetworkAttachmentDefinition {network} exists")]
 
     if _dig(nad, "metadata", "deletionTimestamp"):
-        verdicts.append(
-            _failed("nad-not-deleting", Reason.NAD_BEING_DELETED, f"network {network} is not hot-pluggable: it is being deleted")
-        )
+        message = f"network {network} is not hot-pluggable: it is being deleted"
+        verdicts.append(_failed("nad-not-deleting", Reason.NAD_BEING_DELETED, message))
     else:
         verdicts.append(_passed("nad-not-deleting", f"NetworkAttachmentDefinition {network} is not being deleted"))
 
@@ -683,7 +707,8 @@ def _check_nad_bridge(nad: Mapping, network: str) -> Verdict:
         return _failed(
             "nad-bridge",
             Reason.NAD_CONFIG_INVALID,
-            f"failed to unmarshal nad {network} config {config_text!r}: {error}; fix spec.config of the NetworkAttachmentDefinition",
+            f"failed to unmarshal nad {network} config {config_text!r}: {error}; "
+            "fix spec.config of the NetworkAttachmentDefinition",
         )
     if not isinstance(config, dict):
         return _failed(
@@ -748,7 +773,8 @@ def _check_interface_name(view: ClusterView, vm_name: str, interface: str) -> li
             )
         )
     else:
-        verdicts.append(_passed("interface-name-unique", f"No interface or network of VM {vm_name} is named {interface}"))
+        message = f"No interface or network of VM {vm_name} is named {interface}"
+        verdicts.append(_passed("interface-name-unique", message))
     return verdicts
 
 
@@ -766,14 +792,16 @@ def _check_mac(view: ClusterView, vm_name: str, mac: str | None, cluster_network
     # Harvester groups MACs by cluster network, and pod networks and unlabelled NADs share group "".
     network_text = f"cluster network {cluster_network}" if cluster_network else "the group without a cluster network"
     if mac is None:
-        return [_passed("mac-valid", f"No MAC given; nicflow allocates a locally administered MAC unique on {network_text}")]
+        message = f"No MAC given; nicflow allocates a locally administered MAC unique on {network_text}"
+        return [_passed("mac-valid", message)]
 
     try:
         normalized = normalize_mac(mac)
     except ValueError as error:
         return [_failed("mac-valid", Reason.MAC_INVALID, f"{error}; or omit the MAC to let nicflow allocate one")]
     if normalized == "00:00:00:00:00:00":
-        return [_failed("mac-valid", Reason.MAC_INVALID, "MAC address 00:00:00:00:00:00 is invalid for an interface; choose another")]
+        message = "MAC address 00:00:00:00:00:00 is invalid for an interface; choose another"
+        return [_failed("mac-valid", Reason.MAC_INVALID, message)]
     verdicts = [_passed("mac-valid", f"MAC {mac} is valid ({normalized})")]
 
     if not is_unicast(normalized):
@@ -830,11 +858,13 @@ def allocate_hotplug_mac(view: ClusterView, rng: random.Random | None = None) ->
 
 def _check_root_ports(view: ClusterView, vm_name: str) -> Verdict:
     if is_cold(view) or view.vmi is None:
-        return _passed("root-ports", f"VM {vm_name} is not running, so the interface gets its PCI slot at the next start")
+        message = f"VM {vm_name} is not running, so the interface gets its PCI slot at the next start"
+        return _passed("root-ports", message)
 
     free = pciports.free_hotplug_ports(view.vmi, view.hotplugged_since_start)
     if free is None:
-        return _passed("root-ports", f"Free PCIe root ports of VMI {vm_name} are not estimated for its machine type or memory")
+        message = f"Free PCIe root ports of VMI {vm_name} are not estimated for its machine type or memory"
+        return _passed("root-ports", message)
     if free <= 0:
         return _failed(
             "root-ports",
@@ -872,7 +902,8 @@ def check_hotplug(
         qualified_network = None
         network_verdict = _failed("network-name", Reason.NETWORK_NAME_INVALID, str(error))
     else:
-        network_verdict = _passed("network-name", f"Network {network} refers to NetworkAttachmentDefinition {qualified_network}")
+        message = f"Network {network} refers to NetworkAttachmentDefinition {qualified_network}"
+        network_verdict = _passed("network-name", message)
 
     cluster_network = cluster_network_of(view.nad) if view.nad is not None else None
     node_labels = _cluster_network_labels([*_attached_cluster_networks(view), cluster_network])
@@ -917,14 +948,16 @@ def _check_interface_for_unplug(view: ClusterView, vm_name: str, interface: str)
             _failed(
                 "interface-not-absent",
                 Reason.INTERFACE_ALREADY_ABSENT,
-                f"{interface} was already registered for hot-unplugging on VM {vm_name}; wait until KubeVirt removes it",
+                f"{interface} was already registered for hot-unplugging on VM {vm_name}; "
+                "wait until KubeVirt removes it",
             )
         )
     else:
         verdicts.append(_passed("interface-not-absent", f"Interface {interface} is not marked absent"))
 
     if "bridge" not in target:
-        binding = next((key for key in ("masquerade", "sriov", "slirp", "passt", "binding") if key in target), "unknown")
+        bindings = ("masquerade", "sriov", "slirp", "passt", "binding")
+        binding = next((key for key in bindings if key in target), "unknown")
         verdicts.append(
             _failed(
                 "interface-bridge",
@@ -942,7 +975,8 @@ def _check_interface_for_unplug(view: ClusterView, vm_name: str, interface: str)
             _failed(
                 "interface-virtio",
                 Reason.INTERFACE_NOT_VIRTIO,
-                f"{interface} is not using virtio model (model {model}); remove it from the VM spec and restart the VM instead",
+                f"{interface} is not using virtio model (model {model}); "
+                "remove it from the VM spec and restart the VM instead",
             )
         )
     else:
@@ -981,7 +1015,9 @@ def _check_pod_interface_name(view: ClusterView, vm_name: str, interface: str) -
 
 
 def _check_not_last(view: ClusterView, vm_name: str, interface: str, interfaces: list[dict]) -> Verdict:
-    remaining = [item.get("name") for item in interfaces if item.get("state") != "absent" and item.get("name") != interface]
+    remaining = [
+        item.get("name") for item in interfaces if item.get("state") != "absent" and item.get("name") != interface
+    ]
     left = len(remaining) - view.pending_unplugs
     if left < 1:
         return _failed(
