@@ -115,19 +115,19 @@ def allocate_mac(in_use: Collection[str], rng: random.Random | None = None) -> s
     Raises:
         RuntimeError: every attempt produced a MAC already in use.
     """
-    taken: set[str] = set()
+    unavailable: set[str] = set()
     for mac in in_use:
         try:
-            taken.add(normalize_mac(mac))
+            unavailable.add(normalize_mac(mac))
         except ValueError as error:
             logger.warning("Ignoring an invalid MAC among those in use: %s", error)
 
     for _ in range(_MAX_ALLOCATION_ATTEMPTS):
         candidate = generate_laa_mac(rng)
-        if candidate not in taken:
+        if candidate not in unavailable:
             return candidate
 
     raise RuntimeError(
-        f"No free MAC found after {_MAX_ALLOCATION_ATTEMPTS} attempts among {len(taken)} MACs in use; "
+        f"No free MAC found after {_MAX_ALLOCATION_ATTEMPTS} attempts among {len(unavailable)} MACs in use; "
         "check that the random source is not constant"
     )

@@ -852,14 +852,22 @@ def allocate_hotplug_mac(view: ClusterView, rng: random.Random | None = None) ->
     group = ""
     if view.nad is not None:
         group = cluster_network_of(view.nad) or ""
-    taken = [*view.macs_in_use.get(group, {}), *view.reserved_macs.get(group, {})]
-    return allocate_mac(taken, rng)
+    unavailable = [*view.macs_in_use.get(group, {}), *view.reserved_macs.get(group, {})]
+    return allocate_mac(unavailable, rng)
 
 
 def _check_root_ports(view: ClusterView, vm_name: str) -> Verdict:
     if is_cold(view) or view.vmi is None:
         message = f"VM {vm_name} is not running, so the interface gets its PCI slot at the next start"
         return _passed("root-ports", message)
+
+    if _annotations(view.vmi).get(pciports.ROOT_COMPLEX_ANNOTATION) == "true":
+        return _failed(
+            "root-ports",
+            Reason.ROOT_PORTS_EXHAUSTED,
+            f"VMI {vm_name} has {pciports.ROOT_COMPLEX_ANNOTATION}=true, so KubeVirt reserved no PCIe root port "
+            "for hot-plug; remove the annotation from the VM and restart it, then retry",
+        )
 
     free = pciports.free_hotplug_ports(view.vmi, view.hotplugged_since_start)
     if free is None:

@@ -786,6 +786,39 @@ def test_hotplug_stopped_is_cold() -> None:
     assert first_failure(verdicts) is None
 
 
+def test_unplug_stopped_legacy_passes() -> None:
+    scenario = _scenario("db-legacy")
+    _stop(scenario)
+
+    verdicts = check_unplug(scenario.view(), interface="nic-vlan100")
+
+    assert first_failure(verdicts) is None
+    assert "backfill writes the observed MACs first" in _verdict(verdicts, "macs-in-spec").message
+    assert "no migration is needed" in _verdict(verdicts, "live-migratable").message
+
+
+def test_hotplug_legacy_restart_passes() -> None:
+    scenario = _scenario("db-legacy")
+
+    verdicts = check_hotplug(
+        scenario.view("default/vlan200"), interface="nic-2", network="default/vlan200", mac=None, allow_restart=True
+    )
+
+    assert first_failure(verdicts) is None
+    assert "restarts the VM" in _verdict(verdicts, "macs-in-spec").message
+
+
+def test_root_complex_message() -> None:
+    scenario = _scenario("web-01")
+    _vmi_annotation("kubevirt.io/placePCIDevicesOnRootComplex", "true")(scenario)
+
+    verdicts = check_hotplug(scenario.view("default/vlan200"), interface="nic-2", network="default/vlan200", mac=None)
+    message = _verdict(verdicts, "root-ports").message
+
+    assert "kubevirt.io/placePCIDevicesOnRootComplex=true" in message
+    assert "restart" in message
+
+
 def test_running_is_not_cold() -> None:
     scenario = _scenario("web-01")
 
