@@ -229,6 +229,16 @@ def test_open_replays_request_id(ledger: Ledger, pg_url: str) -> None:
     assert row_count(pg_url, "events") == 1
 
 
+def test_open_rejects_key_of_other_request(ledger: Ledger, pg_url: str) -> None:
+    ledger.open_operation(request_fields("req-1"), "open-key")
+
+    with pytest.raises(LedgerConflictError) as raised:
+        ledger.open_operation(request_fields("req-2"), "open-key")
+
+    assert "req-2" in str(raised.value)
+    assert row_count(pg_url, "operations") == 1
+
+
 def test_open_keeps_given_operation_id(ledger: Ledger) -> None:
     operation, _ = ledger.open_operation(request_fields(operation_id="op-0123456789ab"), "k")
 

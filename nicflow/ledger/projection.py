@@ -48,7 +48,7 @@ def apply_event(row: dict[str, Any] | None, event: EventLike) -> dict[str, Any]:
     """Return the operation row after `event`; `row` is None before the first event.
 
     The `request` event carries every field of the operation in its details and creates the
-    row. The `result` event sets status, reason_code, message and finished_at. Any event may
+    row. The `result` event sets status, reason_code, message and finished_at. Any later event may
     set the fields in UPDATABLE_FIELDS through `details["operation"]`. Every event moves
     updated_at and last_seq. The input row is not modified.
 

@@ -110,7 +110,7 @@ class OperationRequest(BaseModel):
     `operation_id` is generated (`op-` and 12 hex digits) when missing.
     """
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
+    model_config = ConfigDict(extra="forbid")
 
     operation_id: str | None = Field(default=None, min_length=1)
     request_id: str = Field(min_length=1)

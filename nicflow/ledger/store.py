@@ -39,6 +39,12 @@ ALL_STATUSES = frozenset({"running"}) | TERMINAL_STATUSES
 MAX_NAME_LENGTH = 64
 """Maximum length of a step or outcome name, the width of their columns."""
 
+POOL_SIZE = 10
+POOL_MAX_OVERFLOW = 20
+# NOTE: a temporalio 1.x worker runs up to 100 activities at a time by default, more than
+# these 30 PostgreSQL connections. Extra calls wait up to 30 s (SQLAlchemy's pool_timeout)
+# and then fail with a retryable TimeoutError. Each transaction is short, so the wait stays short.
+
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 """How long an SQLite connection waits for another writer before failing with 'database is locked'."""
 
@@ -57,7 +63,7 @@ def create_ledger_engine(url: str) -> Engine:
     parsed = normalize_url(url)
 
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return create_engine(parsed, pool_pre_ping=True, pool_size=POOL_SIZE, max_overflow=POOL_MAX_OVERFLOW)
 
     if parsed.database in (None, "", ":memory:"):
         raise ValueError(
@@ -139,6 +145,11 @@ class Ledger:
             if stored_event is not None:
                 self._check_replay(stored_event, stored_event.operation_id, REQUEST_STEP, "started")
                 operation = session.get_one(Operation, stored_event.operation_id)
+                if operation.request_id != request.request_id:
+                    raise LedgerConflictError(
+                        f"idempotency key {idempotency_key} opened operation {operation.operation_id} "
+                        f"for request {operation.request_id}, not {request.request_id}: use one key per request"
+                    )
                 logger.info(
                     "replayed opening of operation %s: idempotency key %s is already stored",
                     operation.operation_id,
@@ -380,7 +391,7 @@ class Ledger:
         """Release every active reservation of an operation and return how many it released."""
         statement = (
             update(MacReservation)
-            .where(MacReservation.operation_id == operation_id, MacReservation.active.is_(True))
+            .where(MacReservation.operation_id == operation_id, MacReservation.active)
             .values(active=False, released_at=_now())
         )
         with self._sessions.begin() as session:
@@ -391,7 +402,7 @@ class Ledger:
     def release_mac(self, cluster_network: str, mac: str) -> bool:
         """Release the active reservation of `mac` on `cluster_network`, whichever operation holds it.
 
-        An unplug calls this to free the MAC that an earlier hot-plug reserved. Returns False
+        Use it when an unplug frees the MAC that an earlier hot-plug reserved. Returns False
         when no active reservation exists.
         """
         mac = normalize_mac(mac)
@@ -400,7 +411,7 @@ class Ledger:
             .where(
                 MacReservation.cluster_network == cluster_network,
                 MacReservation.mac == mac,
-                MacReservation.active.is_(True),
+                MacReservation.active,
             )
             .values(active=False, released_at=_now())
         )
@@ -411,7 +422,7 @@ class Ledger:
 
     def active_reservations(self, cluster_network: str | None = None) -> list[MacReservationRow]:
         """Return the active reservations, of one cluster network or of all, oldest first."""
-        query = select(MacReservation).where(MacReservation.active.is_(True)).order_by(MacReservation.id)
+        query = select(MacReservation).where(MacReservation.active).order_by(MacReservation.id)
         if cluster_network is not None:
             query = query.where(MacReservation.cluster_network == cluster_network)
         with self._sessions() as session:
@@ -512,7 +523,7 @@ class Ledger:
         query = select(MacReservation.operation_id).where(
             MacReservation.cluster_network == cluster_network,
             MacReservation.mac == mac,
-            MacReservation.active.is_(True),
+            MacReservation.active,
         )
         return session.scalars(query).one_or_none()
 
