@@ -594,7 +594,15 @@ def _third_interface(scenario: Scenario) -> None:
 UNPLUG_CASES = [
     ("vm-exists-pass", "web-01", _unchanged, "nic-vlan100", False, "vm-exists", None),
     ("vm-exists-missing", "web-01", _no_vm, "nic-vlan100", False, "vm-exists", Reason.VM_NOT_FOUND),
+    ("vm-exists-deleting", "web-01", _vm_deleting, "nic-vlan100", False, "vm-exists", Reason.VM_BEING_DELETED),
+    ("vm-running-pass", "web-01", _unchanged, "nic-vlan100", False, "vm-running", None),
     ("vm-running-stopped-cold", "web-01", _stop, "nic-vlan100", False, "vm-running", None),
+    ("vm-ready-pass", "web-01", _unchanged, "nic-vlan100", False, "vm-ready", None),
+    ("migration-none", "web-01", _unchanged, "nic-vlan100", False, "no-migration-in-progress", None),
+    ("kubevirt-pass", "web-01", _unchanged, "nic-vlan100", False, "kubevirt-ready", None),
+    ("migratable-pass", "web-01", _unchanged, "nic-vlan100", False, "live-migratable", None),
+    ("guest-node-pass", "web-01", _unchanged, "nic-vlan100", False, "not-guest-cluster-node", None),
+    ("macs-pass", "web-01", _unchanged, "nic-vlan100", False, "macs-in-spec", None),
     ("vm-running-scheduling", "web-01", _vmi_phase("Scheduling"), "nic-vlan100", False, "vm-running", Reason.VM_NOT_RUNNING),
     ("vm-ready-false", "web-01", _vmi_condition("Ready", "False"), "nic-vlan100", False, "vm-ready", Reason.VM_NOT_READY),
     ("migration-running", "web-01", _migration("Running"), "nic-vlan100", False, "no-migration-in-progress", Reason.MIGRATION_IN_PROGRESS),
@@ -1317,3 +1325,22 @@ def test_macs_sparse_objects() -> None:
     assert missing_macs(view.vm) == []
     assert observed_macs(view.vmi, view.vm) == {}
     assert pciports.free_hotplug_ports(view.vmi) is None
+
+
+# --- Table coverage -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rules", "cases"), [(HOTPLUG_RULES, HOTPLUG_CASES), (UNPLUG_RULES, UNPLUG_CASES)], ids=["hotplug", "unplug"]
+)
+def test_tables_cover_every_rule(rules: list[str], cases: list[tuple]) -> None:
+    for rule in rules:
+        expected = [case[-1] for case in cases if case[-2] == rule]
+        assert None in expected, f"rule {rule} has no passing case"
+        assert any(reason is not None for reason in expected), f"rule {rule} has no failing case"
+
+
+def test_case_ids_unique() -> None:
+    for cases in (HOTPLUG_CASES, UNPLUG_CASES):
+        ids = [case[0] for case in cases]
+        assert len(ids) == len(set(ids))
