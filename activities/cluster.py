@@ -398,10 +398,18 @@ class ClusterActivities:
         try:
             return self.kube.create_migration(ref.vm_namespace, body)
         except Exception as error:  # noqa: BLE001 - classify() re-raises what it does not know
-            if classify(error).code == 409:
+            cluster_error = classify(error)
+            if cluster_error.code == 409:
                 found = self.kube.get_migration(ref.vm_namespace, own_name)
                 if found is not None:
                     return found
+            if cluster_error.code == 400 and "in-flight migration" in cluster_error.message:
+                # KubeVirt's workload updater started its own migration between the list and
+                # the create; that migration carries the same change, so follow it.
+                for migration in self.kube.list_migrations(ref.vm_namespace, ref.vm_name):
+                    if migration.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
+                        logger.info("migration %s started first for %s; adopting it", migration["metadata"]["name"], _context(ref))
+                        return migration
             raise
 
     def _migration_result(self, ref: OperationRef, migration: dict, adopted: bool) -> MigrateResult:
