@@ -49,11 +49,11 @@ def normalize_mac(text: str) -> str:
         raise ValueError(f"MAC address {text!r} is invalid: expected a string such as 02:00:5e:00:53:01")
 
     candidate = text
-    if _COLON_FORM.match(candidate) or _HYPHEN_FORM.match(candidate):
+    if _COLON_FORM.fullmatch(candidate) or _HYPHEN_FORM.fullmatch(candidate):
         digits = candidate.replace(":", "").replace("-", "")
-    elif _DOT_FORM.match(candidate):
+    elif _DOT_FORM.fullmatch(candidate):
         digits = candidate.replace(".", "")
-    elif any(form.match(candidate) for form in _LONG_FORMS):
+    elif any(form.fullmatch(candidate) for form in _LONG_FORMS):
         raise ValueError(
             f"MAC address {text!r} is too long: a virtio interface needs a 6-byte MAC such as 02:00:5e:00:53:01"
         )

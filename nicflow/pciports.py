@@ -48,7 +48,7 @@ def parse_quantity(text: str | int) -> int:
     if isinstance(text, int):
         return text
 
-    match = _QUANTITY.match(str(text).strip())
+    match = _QUANTITY.fullmatch(str(text).strip())
     if match is None or match.group(2) not in _QUANTITY_SUFFIXES:
         raise ValueError(
             f"memory quantity {text!r} is invalid: expected a number with an optional suffix such as Mi or Gi"

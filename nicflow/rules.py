@@ -751,7 +751,7 @@ def _free_interface_name(used: Mapping[str, object]) -> str:
 
 
 def _check_interface_name(view: ClusterView, vm_name: str, interface: str) -> list[Verdict]:
-    if not INTERFACE_NAME_PATTERN.match(interface) or len(interface) > INTERFACE_NAME_MAX_LENGTH:
+    if not INTERFACE_NAME_PATTERN.fullmatch(interface) or len(interface) > INTERFACE_NAME_MAX_LENGTH:
         return [
             _failed(
                 "interface-name-valid",
@@ -764,12 +764,17 @@ def _check_interface_name(view: ClusterView, vm_name: str, interface: str) -> li
 
     used = _used_names(view)
     if interface in used:
+        absent = any(
+            item.get("name") == interface and item.get("state") == "absent"
+            for item in _interfaces(_template_spec(view.vm))
+        )
+        note = ". An interface marked absent keeps its name until KubeVirt removes it" if absent else ""
         verdicts.append(
             _failed(
                 "interface-name-unique",
                 Reason.INTERFACE_NAME_TAKEN,
-                f"Interface name {interface} is already used on VM {vm_name} ({', '.join(used[interface])}), "
-                f"including interfaces marked absent; choose another name, for example {_free_interface_name(used)}",
+                f"Interface name {interface} is already used on VM {vm_name} ({', '.join(used[interface])}); "
+                f"choose another name, for example {_free_interface_name(used)}{note}",
             )
         )
     else:
@@ -1012,7 +1017,7 @@ def _check_pod_interface_name(view: ClusterView, vm_name: str, interface: str) -
     statuses = _dig(view.vmi, "status", "interfaces") or []
     status = next((item for item in statuses if item.get("name") == interface), {})
     pod_interface = status.get("podInterfaceName", "")
-    if ORDINAL_POD_INTERFACE.match(pod_interface):
+    if ORDINAL_POD_INTERFACE.fullmatch(pod_interface):
         return _failed(
             "pod-interface-name",
             Reason.INTERFACE_ORDINAL_NAME,

@@ -36,6 +36,8 @@ def test_normalize_accepted_forms(text: str, expected: str) -> None:
         "02:3c:8e:41:7a:10:",
         "0000.5e00.530",
         "02::3c:8e:41:7a:10",
+        "02:3c:8e:41:7a:10\n",
+        "0000.5e00.5301\n",
     ],
 )
 def test_normalize_rejects_malformed(text: str) -> None:

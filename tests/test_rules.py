@@ -504,6 +504,7 @@ HOTPLUG_CASES = [
     ("name-space", "web-01", _unchanged, "nic 2", "default/vlan200", None, False, "interface-name-valid", Reason.INTERFACE_NAME_INVALID),
     ("name-dot", "web-01", _unchanged, "nic.2", "default/vlan200", None, False, "interface-name-valid", Reason.INTERFACE_NAME_INVALID),
     ("name-empty", "web-01", _unchanged, "", "default/vlan200", None, False, "interface-name-valid", Reason.INTERFACE_NAME_INVALID),
+    ("name-newline", "web-01", _unchanged, "nic-2\n", "default/vlan200", None, False, "interface-name-valid", Reason.INTERFACE_NAME_INVALID),
     ("name-unique", "web-01", _unchanged, "nic-2", "default/vlan200", None, False, "interface-name-unique", None),
     ("name-taken", "web-01", _unchanged, "nic-vlan100", "default/vlan200", None, False, "interface-name-unique", Reason.INTERFACE_NAME_TAKEN),
     ("name-taken-default", "web-01", _unchanged, "default", "default/vlan200", None, False, "interface-name-unique", Reason.INTERFACE_NAME_TAKEN),
@@ -884,6 +885,16 @@ def test_name_taken_message_suggests_free_name() -> None:
 
     assert "nic-1" in message
     assert "VM interface" in message
+
+
+def test_name_taken_absent_message() -> None:
+    scenario = _scenario("web-01")
+    _absent_interface(scenario)
+
+    verdicts = check_hotplug(scenario.view("default/vlan200"), interface="nic-old", network="default/vlan200", mac=None)
+    message = _verdict(verdicts, "interface-name-unique").message
+
+    assert "marked absent keeps its name" in message
 
 
 def test_no_target_message_names_nodes() -> None:
