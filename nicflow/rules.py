@@ -982,7 +982,7 @@ def _check_interface_for_unplug(view: ClusterView, vm_name: str, interface: str)
     else:
         verdicts.append(_passed("interface-bridge", f"Interface {interface} uses bridge binding"))
 
-    model = target.get("model", "")
+    model = target.get("model") or ""
     if model not in ("", "virtio"):
         verdicts.append(
             _failed(
@@ -1016,7 +1016,7 @@ def _check_interface_for_unplug(view: ClusterView, vm_name: str, interface: str)
 def _check_pod_interface_name(view: ClusterView, vm_name: str, interface: str) -> Verdict:
     statuses = _dig(view.vmi, "status", "interfaces") or []
     status = next((item for item in statuses if item.get("name") == interface), {})
-    pod_interface = status.get("podInterfaceName", "")
+    pod_interface = status.get("podInterfaceName") or ""
     if ORDINAL_POD_INTERFACE.fullmatch(pod_interface):
         return _failed(
             "pod-interface-name",
