@@ -151,12 +151,20 @@ def test_reserve_unknown_operation(ledger: Ledger) -> None:
         ledger.reserve_mac("storage", MAC, "op-000000000000")
 
 
-@pytest.mark.parametrize("arguments", [("storage", "02:00:00:12:34"), ("storage", "02-00-00-12-34-56"), ("", MAC)])
-def test_reserve_rejects_invalid(ledger: Ledger, arguments: tuple[str, str]) -> None:
+@pytest.mark.parametrize("mac", ["02:00:00:12:34", "02-00-00-12-34-56", "02:00:00:12:34:5g", f"{MAC}:78"])
+def test_reserve_rejects_invalid_mac(ledger: Ledger, mac: str) -> None:
     (operation,) = open_operations(ledger, 1)
 
     with pytest.raises(ValueError):
-        ledger.reserve_mac(*arguments, operation.operation_id)
+        ledger.reserve_mac("storage", mac, operation.operation_id)
+
+
+def test_reserve_without_cluster_network(ledger: Ledger) -> None:
+    first, second = open_operations(ledger, 2)
+
+    assert ledger.reserve_mac("", MAC, first.operation_id)
+    assert not ledger.reserve_mac("", MAC, second.operation_id)
+    assert ledger.reserve_mac("storage", MAC, second.operation_id)
 
 
 def test_concurrent_reserve_one_wins(ledger: Ledger) -> None:

@@ -346,12 +346,12 @@ class Ledger:
 
         Returns False when another operation holds an active reservation of that MAC on that
         cluster network, and True (writing nothing) when this operation already holds it.
-        The partial unique index decides races between concurrent callers. Raises
-        OperationNotFoundError for an unknown operation and ValueError for an invalid MAC.
+        The partial unique index decides races between concurrent callers. An empty
+        `cluster_network` is one more network, shared by NADs without a cluster network
+        label. Raises OperationNotFoundError for an unknown operation and ValueError for an
+        invalid MAC.
         """
         mac = normalize_mac(mac)
-        if not cluster_network:
-            raise ValueError("invalid cluster network: it must not be empty")
 
         try:
             with self._sessions.begin() as session:
