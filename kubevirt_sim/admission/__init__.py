@@ -7,6 +7,7 @@ and then the validating webhooks that the real cluster runs:
 |---|---|---|---|
 | VM | CREATE, UPDATE | `mutator.harvesterhci.io` (MACs, affinity) | `virtualmachine-validator.kubevirt.io` (422), `validator.harvesterhci.io` (duplicate MACs, 500) |
 | VMI | CREATE | Harvester VMI mutator (`mutator.harvesterhci.io`, MACs from the VM annotation) | `virtualmachineinstances-create-validator.kubevirt.io` (422) |
+| VMI | UPDATE | none | `virtualmachineinstances-update-validator.kubevirt.io` (422: spec and reserved labels only by KubeVirt actors) |
 | VMIM | CREATE | `migrations-mutator.kubevirt.io` (label, finalizer) | `migration-create-validator.kubevirt.io` (400; 422 for a missing vmiName) |
 | VMIM | UPDATE | none | `migration-update-validator.kubevirt.io` (422) |
 
@@ -20,7 +21,7 @@ import copy
 import logging
 from typing import Any
 
-from kubevirt_sim.admission import harvester_vm, harvester_vmi, kubevirt_migration, kubevirt_vm
+from kubevirt_sim.admission import harvester_vm, harvester_vmi, kubevirt_migration, kubevirt_vm, kubevirt_vmi
 from kubevirt_sim.admission.reader import DictReader, ObjectReader
 from kubevirt_sim.errors import ApiError, admission_denied
 
@@ -67,6 +68,8 @@ def admit(
             return _admit_vm(store, operation, old, obj, actor)
         if plural == "virtualmachineinstances" and operation == "CREATE":
             return _admit_vmi(store, obj, actor)
+        if plural == "virtualmachineinstances":
+            return _admit_vmi_update(old or {}, obj, actor)
         if plural == "virtualmachineinstancemigrations":
             return _admit_migration(store, operation, old, obj, actor)
     except (AttributeError, TypeError) as error:
@@ -114,6 +117,14 @@ def _admit_vmi(store: ObjectReader, vmi: dict[str, Any], actor: str) -> dict[str
     if causes:
         message, reported = kubevirt_vm.denial_message(causes)
         raise _denied(kubevirt_vm.VMI_CREATE_WEBHOOK, vmi, actor, message, 422, causes=reported)
+    return vmi
+
+
+def _admit_vmi_update(old: dict[str, Any], vmi: dict[str, Any], actor: str) -> dict[str, Any]:
+    causes = kubevirt_vmi.update_causes(old, vmi, actor)
+    if causes:
+        message, reported = kubevirt_vm.denial_message(causes)
+        raise _denied(kubevirt_vmi.WEBHOOK, vmi, actor, message, 422, causes=reported)
     return vmi
 
 

@@ -185,9 +185,23 @@ def test_other_kind_passes(cluster: DictReader) -> None:
     assert admit(cluster, "UPDATE", "nodes", "", node, node, None, "client") is node
 
 
-def test_vmi_update_passes(cluster: DictReader) -> None:
-    vmi = cluster.try_get("virtualmachineinstances", "default", "web-01")
-    assert admit(cluster, "UPDATE", "virtualmachineinstances", "default", vmi, vmi, None, "virt-controller") is vmi
+def test_vmi_update_by_controller_passes(cluster: DictReader) -> None:
+    old = cluster.try_get("virtualmachineinstances", "default", "web-01")
+    new = copy.deepcopy(old)
+    new["spec"]["domain"]["devices"]["interfaces"][1]["state"] = "absent"
+    assert admit(cluster, "UPDATE", "virtualmachineinstances", "default", old, new, None, "virt-controller") == new
+
+
+def test_vmi_spec_update_by_client_422(cluster: DictReader) -> None:
+    old = cluster.try_get("virtualmachineinstances", "default", "web-01")
+    new = copy.deepcopy(old)
+    new["spec"]["domain"]["devices"]["interfaces"][1]["state"] = "absent"
+    error = denial(lambda: admit(cluster, "UPDATE", "virtualmachineinstances", "default", old, new, None, "client"))
+    assert error.code == 422
+    assert error.message == (
+        'admission webhook "virtualmachineinstances-update-validator.kubevirt.io" denied the request: '
+        "update of VMI object is restricted"
+    )
 
 
 def test_vmi_create_injects_macs(cluster: DictReader) -> None:
