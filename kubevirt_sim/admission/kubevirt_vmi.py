@@ -1,7 +1,7 @@
 """KubeVirt 1.6's `virtualmachineinstances-update-validator.kubevirt.io` webhook, minus its node and hot-plug checks.
 
 Only KubeVirt's own service accounts may change a VMI spec or its reserved labels. In the
-simulator a write's actor stands for its service account.
+simulator the actor of a write represents its service account.
 """
 
 from __future__ import annotations

@@ -223,3 +223,18 @@ def test_vmi_create_gets_annotated_macs(api: CustomObjectsApi) -> None:
     created = api.create_namespaced_custom_object(*KUBEVIRT, "default", "virtualmachineinstances", body)
     macs = [interface["macAddress"] for interface in created["spec"]["domain"]["devices"]["interfaces"]]
     assert macs == ["02:11:22:33:44:01", "02:11:22:33:44:02"]
+
+
+def test_vmi_spec_patch_by_client_422(api: CustomObjectsApi) -> None:
+    patch = [{"op": "add", "path": "/spec/domain/devices/interfaces/1/state", "value": "absent"}]
+    status, body = rejected(
+        lambda: api.patch_namespaced_custom_object(
+            *KUBEVIRT, "default", "virtualmachineinstances", "web-01", patch, _content_type=JSON_PATCH
+        )
+    )
+    assert status == 422
+    assert body["reason"] == "Invalid"
+    assert body["message"] == (
+        'admission webhook "virtualmachineinstances-update-validator.kubevirt.io" denied the request: '
+        "update of VMI object is restricted"
+    )
