@@ -159,8 +159,8 @@ def free_hotplug_ports(vmi: dict, hotplugged_since_start: int = 0) -> int | None
     # The ports counted at start exclude the interfaces hot-plugged since, which now sit in the spec.
     in_use_at_start = max(count_pci_devices(vmi) - hotplugged_since_start, 0)
 
-    # NOTE: this is an estimate. The converter may add devices this count does not model (for
-    # example a video device or virtiofs), KubeVirt 1.6.4+ stops at controller index 31 on
-    # VMs with many devices, and with memory hot-plug it is unknown whether KubeVirt uses the
-    # guest or the maximum memory.
+    # NOTE: this is an estimate. The converter may add devices this count does not model, for
+    # example a video device or virtiofs. KubeVirt 1.6.4+ stops at controller index 31 on VMs
+    # with many devices. With memory hot-plug it is unknown whether the guest or the maximum
+    # memory counts.
     return reserved_hotplug_ports(memory, in_use_at_start) - hotplugged_since_start
