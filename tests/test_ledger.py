@@ -201,9 +201,8 @@ def test_basic_path_sqlite(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     upgrade(url)
 
-    ledger = Ledger(url)
-    run_basic_path(ledger)
-    ledger.close()
+    with Ledger(url) as ledger:
+        run_basic_path(ledger)
 
 
 def test_open_replays_idempotency_key(ledger: Ledger, pg_url: str) -> None:

@@ -1,7 +1,15 @@
 """nicflow's audit ledger: operations, their hash-chained events and MAC reservations.
 
-The schema comes from the Alembic revisions in `migrations/`; call `upgrade(url)` (what
-`nicflow db upgrade` runs) before constructing a `Ledger`.
+The schema comes from the Alembic revisions in `migrations/`. Call `upgrade(url)` (what
+`nicflow db upgrade` runs) before constructing a `Ledger`:
+
+    upgrade("postgresql+psycopg://nicflow@db/nicflow")
+    with Ledger("postgresql+psycopg://nicflow@db/nicflow") as ledger:
+        operation, created = ledger.open_operation(fields, idempotency_key=f"{request_id}:request")
+        ledger.append_event(operation.operation_id, "validate", "succeeded",
+                            {"operation": {"mac": "02:00:00:aa:bb:cc"}}, idempotency_key="...")
+        ledger.finish_operation(operation.operation_id, "succeeded", None, "done", {}, idempotency_key="...")
+        assert ledger.verify_chain().ok
 """
 
 from nicflow.ledger.errors import (

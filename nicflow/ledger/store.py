@@ -122,6 +122,12 @@ class Ledger:
         """Close the pooled connections; the ledger opens new ones if used again."""
         self._engine.dispose()
 
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     # Operations and events
 
     def open_operation(self, fields: dict[str, Any], idempotency_key: str) -> tuple[OperationRow, bool]:
