@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import json
 import logging
+import os
 import sys
 import tempfile
 import time
@@ -370,5 +371,19 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def run() -> None:
+    """Console entry point: run main() and exit without interpreter finalization.
+
+    The Temporal client's native runtime keeps threads that can abort the interpreter during
+    finalization ("PyGILState_Release: thread state ... must be current"), which would turn a
+    finished command into exit code -6. Its work is done by then, so flush and leave at once.
+    """
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -52,7 +52,10 @@ def classify(error: Exception) -> ClusterError:
         except (TypeError, ValueError):
             pass
         code = int(error.status or 0)
-        return ClusterError(code, reason, message, code in RETRYABLE_CODES or code == 0)
+        # A webhook denial is final whatever its code: Harvester's validators answer plain errors,
+        # such as a duplicate MAC, with 500, which would otherwise read as a server fault.
+        denied = "admission webhook" in message and "denied the request" in message
+        return ClusterError(code, reason, message, not denied and (code in RETRYABLE_CODES or code == 0))
     if isinstance(error, (Urllib3Error, OSError, TimeoutError)):
         return ClusterError(0, "Unreachable", f"{type(error).__name__}: {error}", True)
     raise error

@@ -111,3 +111,17 @@ def test_readd_interface_goes_to_end_without_state(web01):
     restored = apply_patch(stripped, patches.readd_interface_patch(stripped, interface, network))
 
     assert restored["spec"] == web01["spec"]
+
+
+def test_webhook_denial_is_final_even_as_500():
+    from kubernetes.client.exceptions import ApiException
+
+    from nicflow.kube import classify
+
+    denied = ApiException(status=500, reason="Internal Server Error")
+    denied.body = '{"message": "admission webhook \\"validator.harvesterhci.io\\" denied the request: duplicate mac address present for vm web-01 for cluster network data", "code": 500}'
+    overloaded = ApiException(status=500, reason="Internal Server Error")
+    overloaded.body = '{"message": "etcdserver: request timed out", "code": 500}'
+
+    assert classify(denied).retryable is False
+    assert classify(overloaded).retryable is True
