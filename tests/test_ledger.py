@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -281,6 +282,21 @@ def test_append_replays_idempotency_key(ledger: Ledger, pg_url: str) -> None:
     assert ledger.get_operation(operation.operation_id).last_seq == 2
 
 
+def test_append_logs_operation_id(ledger: Ledger, caplog: pytest.LogCaptureFixture) -> None:
+    operation, _ = ledger.open_operation(request_fields(), "k-open")
+    caplog.set_level(logging.DEBUG, logger="nicflow.ledger")
+
+    ledger.append_event(operation.operation_id, "patch", "succeeded", {}, "k-patch")
+    ledger.append_event(operation.operation_id, "patch", "succeeded", {}, "k-patch")
+
+    appended = [record for record in caplog.records if record.levelno == logging.DEBUG]
+    replayed = [record for record in caplog.records if record.levelno == logging.INFO]
+    assert len(appended) == 1
+    assert operation.operation_id in appended[0].getMessage()
+    assert len(replayed) == 1
+    assert operation.operation_id in replayed[0].getMessage()
+
+
 def test_append_rejects_reused_key(ledger: Ledger) -> None:
     operation, _ = ledger.open_operation(request_fields(), "k-open")
     ledger.append_event(operation.operation_id, "patch", "failed", {}, "k-patch")
@@ -397,9 +413,19 @@ def test_list_events_all(ledger: Ledger) -> None:
     assert [event.operation_id for event in events] == [first.operation_id, second.operation_id, first.operation_id]
 
 
-def test_details_round_trip_numbers(ledger: Ledger) -> None:
+def check_details_round_trip(ledger: Ledger) -> None:
+    """Store details that JSONB or SQLite could alter and check that they read back hashing the same."""
     operation, _ = ledger.open_operation(request_fields(), "k-open")
-    details = {"whole": 1.0, "big": 1e20, "huge": 1.5e300, "small": 1.25e-7, "negative_zero": -0.0, "tuple": (1, 2)}
+    details = {
+        "whole": 1.0,
+        "big": 1e20,
+        "huge": 1.5e300,
+        "small": 1.25e-7,
+        "negative_zero": -0.0,
+        "tuple": (1, 2),
+        "text": "café 😀 \u2028",
+        "nested": {"b": [None, True, {"a": []}]},
+    }
 
     event = ledger.append_event(operation.operation_id, "migrate", "succeeded", details, "k")
 
@@ -407,7 +433,20 @@ def test_details_round_trip_numbers(ledger: Ledger) -> None:
     assert stored.details == event.details
     assert stored.details["whole"] == 1
     assert stored.details["tuple"] == [1, 2]
+    assert stored.details["text"] == "café 😀 \u2028"
     assert ledger.verify_chain().ok
+
+
+def test_details_round_trip_postgresql(ledger: Ledger) -> None:
+    check_details_round_trip(ledger)
+
+
+def test_details_round_trip_sqlite(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    upgrade(url)
+
+    with Ledger(url) as ledger:
+        check_details_round_trip(ledger)
 
 
 def test_projection_rebuild_equals_stored(ledger: Ledger) -> None:
