@@ -58,6 +58,18 @@ class Cluster:
         return self.custom.replace_namespaced_custom_object(
             GROUP, VERSION, vm["metadata"]["namespace"], "virtualmachines", vm["metadata"]["name"], vm)
 
+    def edit_vm(self, edit: Callable[[dict], Any], name: str = VM_NAME) -> dict:
+        """Read, edit and replace a VM, retrying on 409 Conflict as controllers write its status meanwhile."""
+        for _ in range(20):
+            vm = self.vm(name)
+            edit(vm)
+            try:
+                return self.replace_vm(vm)
+            except kubernetes.client.ApiException as error:
+                if error.status != 409:
+                    raise
+        pytest.fail(f"VM {name} kept conflicting on update")
+
     def create_migration(self, vmi_name: str = VM_NAME) -> dict:
         body = {
             "apiVersion": "kubevirt.io/v1",
@@ -217,7 +229,7 @@ def manual(cluster: Cluster) -> Cluster:
 
 
 def hot_plug_nic2(cluster: Cluster) -> None:
-    cluster.replace_vm(add_interface(cluster.vm(), "nic-2", "default/vlan200"))
+    cluster.edit_vm(lambda vm: add_interface(vm, "nic-2", "default/vlan200"))
     wait_for(lambda: "nic-2" in interface_names(cluster.vmi()["spec"]), "nic-2 in the VMI spec")
 
 
@@ -225,12 +237,12 @@ def hot_plug_nic2(cluster: Cluster) -> None:
 
 
 def test_launcher_pods_for_loaded_vmis(cluster):
-    pods = wait_for(lambda: cluster.core.list_namespaced_pod(NAMESPACE, label_selector="kubevirt.io=virt-launcher").items,
-                    "launcher pods")
+    pods = wait_for(lambda: (items := cluster.core.list_namespaced_pod(
+        NAMESPACE, label_selector="kubevirt.io=virt-launcher").items) and len(items) == 3 and items, "three launcher pods")
     vmi = cluster.vmi()
     pod = wait_for(lambda: next((p for p in cluster.core.list_namespaced_pod(
         NAMESPACE, label_selector=f"kubevirt.io/created-by={vmi['metadata']['uid']}").items), None), "web-01's pod")
-    assert len(pods) >= 3
+    assert {p.metadata.labels["vm.kubevirt.io/name"] for p in pods} == {"web-01", "db-legacy", "rke2-pool1-abcde"}
     assert pod.spec.node_name == "node-1"
     assert '"interface":"podc39e4a25326"' in pod.metadata.annotations["k8s.v1.cni.cncf.io/networks"]
     assert "podc39e4a25326" in pod.metadata.annotations["k8s.v1.cni.cncf.io/network-status"]
@@ -251,9 +263,8 @@ def test_hot_plug_end_to_end(manual):
 
     vmi = manual.vmi()
     assert vmi["spec"]["networks"][-1] == {"name": "nic-2", "multus": {"networkName": "default/vlan200"}}
-    required = wait_for(lambda: (c := condition(manual.vmi(), "MigrationRequired")) and c["status"] == "True" and c,
-                        "MigrationRequired True")
-    assert required["reason"] == "AutoMigrationDueToLiveUpdate"
+    wait_for(lambda: ("True", "AutoMigrationDueToLiveUpdate") in recorder.condition_values("MigrationRequired"),
+             "MigrationRequired True in the watch")
     assert recorder.condition_values("MigrationRequired") == [
         None, ("False", "AutoMigrationPending"), ("True", "AutoMigrationDueToLiveUpdate")]
     assert status_entry(manual.vmi(), "nic-2") is None
@@ -271,6 +282,8 @@ def test_hot_plug_end_to_end(manual):
 
     entry = wait_for(lambda: (e := status_entry(manual.vmi(), "nic-2")) and "guest-agent" in e["infoSource"] and e,
                      "nic-2 reported by the guest agent")
+    wait_for(lambda: recorder.info_sources("nic-2")[-1] == entry["infoSource"], "the watch to catch up")
+    wait_for(lambda: recorder.condition_values("MigrationRequired")[-1] is None, "MigrationRequired removal in the watch")
     recorder.stop()
     assert entry["mac"] == NEW_MAC
     assert entry["interfaceName"] == "enp3s0"
@@ -326,6 +339,7 @@ def test_hot_plug_harvester_annotations(manual):
     wait_final(manual, migration["metadata"]["name"])
     wait_for(lambda: "harvesterhci.io/migrationState" not in (manual.vmi()["metadata"].get("annotations") or {}),
              "migration annotations removed")
+    wait_for(lambda: recorder.annotation_values("harvesterhci.io/migrationState")[-1] is None, "the watch to catch up")
     recorder.stop()
 
     states = [v for v in recorder.annotation_values("harvesterhci.io/migrationState")]
@@ -362,7 +376,7 @@ def test_workload_updater_migrates(cluster):
 
 
 def test_hot_plug_generated_mac(manual):
-    manual.replace_vm(add_interface(manual.vm(), "nic-2", "default/vlan200", mac=None))
+    manual.edit_vm(lambda vm: add_interface(vm, "nic-2", "default/vlan200", mac=None))
     mac = next(i["macAddress"] for i in manual.vm()["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
                if i["name"] == "nic-2")
     wait_for(lambda: "nic-2" in interface_names(manual.vmi()["spec"]), "nic-2 in the VMI spec")
@@ -376,7 +390,7 @@ def test_hot_plug_generated_mac(manual):
 
 def test_unplug_end_to_end(manual):
     recorder = VMIRecorder(manual).start()
-    manual.replace_vm(mark_absent(manual.vm(), "nic-vlan100"))
+    manual.edit_vm(lambda vm: mark_absent(vm, "nic-vlan100"))
 
     detached = wait_for(lambda: (e := status_entry(manual.vmi(), "nic-vlan100")) and e["infoSource"] == "multus-status" and e,
                         "nic-vlan100 detached")
@@ -392,6 +406,7 @@ def test_unplug_end_to_end(manual):
     wait_for(lambda: "nic-vlan100" not in interface_names(manual.vmi()["spec"]), "nic-vlan100 removed from the VMI")
     wait_for(lambda: "nic-vlan100" not in interface_names(manual.vm()["spec"]["template"]["spec"]),
              "nic-vlan100 removed from the VM")
+    wait_for(lambda: recorder.info_sources("nic-vlan100")[-1] == "", "the watch to catch up")
     recorder.stop()
 
     vm = manual.vm()
@@ -408,7 +423,7 @@ def test_unplug_end_to_end(manual):
 
 def test_cancel_pending_hot_plug(manual):
     hot_plug_nic2(manual)
-    manual.replace_vm(mark_absent(manual.vm(), "nic-2"))
+    manual.edit_vm(lambda vm: mark_absent(vm, "nic-2"))
     wait_for(lambda: "nic-2" not in interface_names(manual.vmi()["spec"]), "nic-2 removed from the VMI")
     wait_for(lambda: "nic-2" not in interface_names(manual.vm()["spec"]["template"]["spec"]), "nic-2 removed from the VM")
     wait_for(lambda: condition(manual.vmi(), "MigrationRequired") is None, "MigrationRequired removed")
@@ -416,10 +431,11 @@ def test_cancel_pending_hot_plug(manual):
 
 
 def test_removed_interface_restart_required(manual):
-    vm = manual.vm()
-    vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"].pop()
-    vm["spec"]["template"]["spec"]["networks"].pop()
-    manual.replace_vm(vm)
+    def remove_last(vm: dict) -> None:
+        vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"].pop()
+        vm["spec"]["template"]["spec"]["networks"].pop()
+
+    manual.edit_vm(remove_last)
     required = wait_for(lambda: condition(manual.vm(), "RestartRequired"), "RestartRequired")
     assert required["status"] == "True"
     assert required["message"] == "a non-live-updatable field was changed in the template spec"
