@@ -104,7 +104,24 @@ class ClusterActivities:
         for reservation in self._ledger.active_reservations():
             if reservation.operation_id != ref.operation_id:
                 reserved.setdefault(reservation.cluster_network, {})[reservation.mac] = reservation.operation_id
-        return gather_view(self.kube, ref.vm_namespace, ref.vm_name, ref.network, reserved)
+        view = gather_view(self.kube, ref.vm_namespace, ref.vm_name, ref.network, reserved)
+        view.hotplugged_since_start = self._hotplugged_since_start(ref, view.vmi)
+        return view
+
+    def _hotplugged_since_start(self, ref: OperationRef, vmi: dict | None) -> int:
+        """Count the interfaces nicflow hot-plugged into this VMI, net of unplugs, from the ledger.
+
+        Each takes one of the PCIe root ports reserved when the domain started.
+        """
+        started = (vmi or {}).get("metadata", {}).get("creationTimestamp")
+        if not started:
+            return 0
+        count = 0
+        for row in self._ledger.list_operations(limit=1000, vm=f"{ref.vm_namespace}/{ref.vm_name}", status="succeeded"):
+            if row.mode != "live" or row.finished_at is None or row.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ") < started:
+                continue
+            count += 1 if row.kind == "hotplug" else -1
+        return max(count, 0)
 
     @activity.defn(name="validate")
     @cluster_call
@@ -116,7 +133,7 @@ class ClusterActivities:
                 view, interface=ref.interface, network=ref.network or "", mac=ref.mac, allow_restart=ref.allow_restart
             )
         else:
-            verdicts = rules.check_unplug(view, interface=ref.interface)
+            verdicts = rules.check_unplug(view, interface=ref.interface, allow_restart=ref.allow_restart)
         report = [Verdict(rule=v.rule, passed=v.passed, reason=str(v.reason) if v.reason else None, message=v.message) for v in verdicts]
 
         failure = rules.first_failure(verdicts)
@@ -125,7 +142,7 @@ class ClusterActivities:
             self._ledger.release_macs(ref.operation_id)
             return ValidateResult(rejected=True, reason_code=str(failure.reason), message=failure.message, verdicts=report)
 
-        mode = Mode.LIVE if view.vmi is not None else Mode.COLD
+        mode = Mode.COLD if rules.is_cold(view) else Mode.LIVE
         result = ValidateResult(
             rejected=False,
             message=f"all {len(report)} rules passed" + (" (VM stopped: cold change)" if mode == Mode.COLD else ""),

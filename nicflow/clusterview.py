@@ -13,6 +13,7 @@ def gather_view(
     vm_name: str,
     network: str | None,
     reserved_macs: dict[str, dict[str, str]] | None = None,
+    hotplugged_since_start: int = 0,
 ) -> rules.ClusterView:
     """Read the VM, its VMI and migrations, nodes, NADs, the KubeVirt CR and every VM's MACs."""
     vm = kube.get_vm(vm_namespace, vm_name)
@@ -29,9 +30,10 @@ def gather_view(
         nodes=kube.list_nodes(),
         migrations=kube.list_migrations(vm_namespace, vm_name) if vm else [],
         kubevirt=kube.get_kubevirt(),
-        nad=nads.get(network) if network else None,
+        nad=nads.get(rules.qualify_network(network, vm_namespace)) if network else None,
         nads=nads,
         macs_in_use=macs_in_use,
         reserved_macs=reserved_macs or {},
         vm_ref=f"{vm_namespace}/{vm_name}",
+        hotplugged_since_start=hotplugged_since_start,
     )

@@ -54,7 +54,7 @@ def plan_operation(
     if kind == OperationKind.HOTPLUG:
         verdicts = rules.check_hotplug(view, interface=interface, network=network or "", mac=mac, allow_restart=allow_restart)
     else:
-        verdicts = rules.check_unplug(view, interface=interface)
+        verdicts = rules.check_unplug(view, interface=interface, allow_restart=allow_restart)
 
     plan = Plan(
         kind=kind,
@@ -76,7 +76,7 @@ def plan_operation(
         return plan
 
     assert view.vm is not None
-    plan.mode = Mode.LIVE if view.vmi is not None else Mode.COLD
+    plan.mode = Mode.COLD if rules.is_cold(view) else Mode.LIVE
     missing = rules.missing_macs(view.vm)
     if missing:
         observed = rules.observed_macs(view.vmi, view.vm)
