@@ -6,7 +6,7 @@ from typing import Any
 
 
 class ApiError(Exception):
-    """An error answered to an API client as a Kubernetes v1 `Status` object.
+    """An error returned to an API client as a Kubernetes v1 `Status` object.
 
     `details` is the Status `details` field (name, group, kind, causes, retryAfterSeconds) or None.
     """
@@ -154,7 +154,7 @@ def gone(message: str) -> ApiError:
 
 
 def admission_denied(webhook: str, message: str, code: int = 422, causes: list[dict[str, str]] | None = None) -> ApiError:
-    """A validating or mutating webhook's denial; reason Invalid for 422, BadRequest for 400."""
+    """Build a webhook denial, with reason Invalid for 422 and BadRequest for 400."""
     reasons = {400: "BadRequest", 403: "Forbidden", 404: "NotFound", 409: "Conflict", 422: "Invalid", 500: "InternalError"}
     details = {"causes": causes} if causes else None
     return ApiError(

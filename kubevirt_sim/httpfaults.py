@@ -1,4 +1,4 @@
-"""Faults injected into the answers to API clients: error codes, and requests held until the client times out.
+"""Faults injected into the responses to API clients: error codes, and requests held until the client times out.
 
 Controllers write through the store directly, so these faults never reach them.
 """
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 class HttpFault:
     """One rule. A request matches when every given filter matches; `count` None means unlimited.
 
-    `after_commit` applies the write first and then answers with the fault, which is how a client
+    `after_commit` applies the write first and then responds with the fault, which is how a client
     sees a write that succeeded behind a 500 or a timeout.
     """
 
@@ -76,9 +76,9 @@ class HttpFaults:
     ) -> str:
         """Add a rule and return its id.
 
-        Either `code` (an HTTP status answered with a matching Status body; 429 carries
+        Either `code` (an HTTP status returned with a matching Status body, and 429 carries
         `Retry-After: 1`) or `timeout` (the request is held `hold_seconds` real seconds, then the
-        connection closes without an answer). `share` is the probability that a matching request
+        connection closes without a response). `share` is the probability that a matching request
         is hit; `count` caps how many requests the rule hits.
         """
         if code is None and not timeout:

@@ -164,7 +164,7 @@ def apply_json_patch(doc: dict, operations: Any) -> dict:
                 current = _get(result, path)
             except ApiError:
                 raise unprocessable(f"testing value {path} failed: test failed") from None
-            if current != operation["value"] or type(current) is not type(operation["value"]):
+            if not _json_equal(current, operation["value"]):
                 raise unprocessable(f"testing value {path} failed: test failed")
         else:
             source = operation.get("from")
@@ -178,6 +178,19 @@ def apply_json_patch(doc: dict, operations: Any) -> dict:
             result = _add(result, path, value)
 
     return result
+
+
+def _json_equal(left: Any, right: Any) -> bool:
+    """Compare JSON values: numbers by value (1 equals 1.0), but true never equals 1."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool) and left == right
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(_json_equal(left[key], right[key]) for key in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(_json_equal(a, b) for a, b in zip(left, right))
+    if isinstance(left, (int, float)) and isinstance(right, (int, float)):
+        return left == right
+    return type(left) is type(right) and left == right
 
 
 # --- JSON merge patch ---------------------------------------------------------------------------
@@ -202,7 +215,7 @@ def apply_merge_patch(doc: Any, patch: Any) -> Any:
 def apply_strategic_merge_patch(doc: Any, patch: Any) -> Any:
     """Apply a strategic merge patch.
 
-    Lists named in MERGE_KEYS merge element by element on their key; an element carrying
+    Lists named in MERGE_KEYS merge element by element on their key. An element carrying
     `$patch: delete` removes the element with that key, and an element `{"$patch": "replace"}`
     makes the list replace the old one. A map carrying `$patch: replace` replaces the old map,
     `$patch: delete` removes it. `$setElementOrder/<list>` reorders a merged list and

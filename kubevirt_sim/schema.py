@@ -29,8 +29,8 @@ _QUANTITY = "k8s.io.apimachinery.pkg.api.resource.Quantity"
 class SchemaValidator:
     """Validators for the KubeVirt kinds, built once from the Swagger file (building is the slow part).
 
-    Call the instance as the store's `validator`: `validator(resource, obj)` prunes `obj` in place
-    and raises ApiError 422 when it is invalid; objects of other groups pass untouched.
+    The store calls the instance as its `validator`: `validator(resource, obj)` prunes `obj` in
+    place and raises ApiError 422 when it is invalid. Objects of other groups pass untouched.
     """
 
     def __init__(self, schema_path: Path, prune: bool = True):

@@ -80,11 +80,11 @@ class ApiServer(ThreadingHTTPServer):
 
 
 class ApiRequestHandler(BaseHTTPRequestHandler):
-    """Answers one connection's requests; HTTP/1.1 keeps the connection open between them."""
+    """Handles one connection's requests, which HTTP/1.1 keeps open between them."""
 
     protocol_version = "HTTP/1.1"
-    # Headers and body leave in separate writes; with Nagle's algorithm the body would wait for
-    # the client's delayed ACK (about 40 ms on Linux) on every keep-alive request.
+    # Headers and body leave in separate writes. With Nagle's algorithm on, the body would wait
+    # for the client's delayed ACK (about 40 ms on Linux) on every keep-alive request.
     disable_nagle_algorithm = True
     server: ApiServer
 
@@ -138,7 +138,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             self._send_error(error)
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
-        except Exception as error:  # the apiserver answers 500 on a bug, and so does the simulator
+        except Exception as error:  # the apiserver returns 500 on a bug, and so does the simulator
             logger.exception("%s %s failed", method, self.path)
             self._send_error(errors.internal_error(f"{type(error).__name__}: {error}"))
 
@@ -199,6 +199,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         resource = route.resource
         plural = resource.plural
         actor = "client"
+        dry_run = _dry_run(query)
 
         if route.subresource in VM_ACTIONS:
             if method != "PUT":
@@ -221,7 +222,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
                     raise ApiError(404, "NotFound", "the server could not find the requested resource")
                 if not isinstance(body, dict):
                     raise errors.bad_request("the request body must be a JSON object")
-                created = store.create(plural, route.namespace, body, actor=actor)
+                created = store.create(plural, route.namespace, body, actor=actor, dry_run=dry_run)
                 self._reply(fault, 201, created)
                 return
             raise errors.method_not_allowed("the server does not allow this method on the requested resource")
@@ -235,7 +236,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise errors.bad_request("the request body must be a JSON object")
             self._reply(fault, 200, store.update(
-                plural, route.namespace, route.name, body, actor=actor, subresource=route.subresource
+                plural, route.namespace, route.name, body, actor=actor, subresource=route.subresource, dry_run=dry_run
             ))
         elif method == "PATCH":
             content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
@@ -248,8 +249,15 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
                 )
             if body is None:
                 raise errors.bad_request("the patch body is empty")
+            if patch_type == "strategic" and resource.custom and not self.server.sim.strategic_merge_on_custom_resources:
+                raise ApiError(
+                    415, "UnsupportedMediaType",
+                    "the body of the request was in an unknown format - accepted media types include: "
+                    "application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
+                )
             self._reply(fault, 200, store.patch(
-                plural, route.namespace, route.name, patch_type, body, actor=actor, subresource=route.subresource
+                plural, route.namespace, route.name, patch_type, body,
+                actor=actor, subresource=route.subresource, dry_run=dry_run,
             ))
         elif method == "DELETE":
             if route.subresource is not None:
@@ -288,11 +296,12 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         resource = route.resource
         options = body if isinstance(body, dict) else {}
         propagation = options.get("propagationPolicy") or query.get("propagationPolicy")
+        dry_run = _dry_run(query) or options.get("dryRun") == ["All"]
         result = store.delete(
             resource.plural, route.namespace, route.name or "", actor="client",
-            preconditions=options.get("preconditions"), propagation_policy=propagation,
+            preconditions=options.get("preconditions"), propagation_policy=propagation, dry_run=dry_run,
         )
-        still_present = store.try_get(resource.plural, route.namespace, route.name or "") is not None
+        still_present = bool(result["metadata"].get("finalizers"))
         if still_present or not resource.custom:
             return result
         details: dict[str, Any] = {"name": route.name, "kind": resource.plural, "uid": result["metadata"].get("uid")}
@@ -405,7 +414,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         else:
             raise ApiError(404, "NotFound", f"no control endpoint {method} /sim/{'/'.join(parts)}")
 
-    # --- answers ---
+    # --- responses ---
 
     def _reply(self, fault: HttpFault | None, code: int, body: dict | None) -> None:
         """Send a successful answer, or the fault of an after_commit rule in its place."""
@@ -423,7 +432,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             released = self.server.sim.http_faults.released
             deadline_hit = not released.wait(fault.hold_seconds)
             if deadline_hit or self.server.stopping.is_set():
-                logger.debug("closing held request %s without an answer", self.path)
+                logger.debug("closing held request %s without a response", self.path)
             self.close_connection = True
             return
         code = fault.code or 500
@@ -473,6 +482,16 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def _dry_run(query: dict[str, str]) -> bool:
+    """Read the dryRun query parameter; 400 for any value but All, as the apiserver does."""
+    value = query.get("dryRun")
+    if value is None:
+        return False
+    if value != "All":
+        raise errors.bad_request(f'Invalid dry run value "{value}": valid values are "All"')
+    return True
+
+
 def _resource_list(group: str, version: str) -> dict:
     """APIResourceList of one group version, with the status and KubeVirt action subresources."""
     group_version = f"{group}/{version}" if group else version
@@ -509,7 +528,7 @@ def _resource_list(group: str, version: str) -> dict:
 
 
 def _call_fault_method(sim: "Simulator", body: Any) -> Any:
-    """Call `kind(**args)` on the cluster faults or the HTTP faults, as the control endpoint asks.
+    """Call `kind(**args)` on the cluster faults or the HTTP faults, as a control request names it.
 
     `target` ('http' or 'cluster') picks the object; without it the cluster faults are tried first.
     """

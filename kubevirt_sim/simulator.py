@@ -34,8 +34,11 @@ class Simulator:
     `manifests` are files or directories of multi-document YAML loaded at start() unless
     `state_file` exists. `migration_seconds` is the simulated duration of a live migration, read
     by the controllers; `speed` is how many simulated seconds pass per real second.
-    `schema_path` None turns schema validation off. Use it as a context manager or call
-    start() and stop().
+    `schema_path` None turns schema validation off. `seed` fixes generated names and which
+    requests a partial HTTP fault hits. A real apiserver rejects strategic merge patches of
+    custom resources with 415; the simulator accepts them unless
+    `strategic_merge_on_custom_resources` is False. Use it as a context manager or call start()
+    and stop().
     """
 
     def __init__(
@@ -51,6 +54,7 @@ class Simulator:
         controllers: bool = True,
         admission: bool = True,
         seed: int = 0,
+        strategic_merge_on_custom_resources: bool = True,
     ):
         self.manifests = [Path(path) for path in manifests]
         self.migration_seconds = migration_seconds
@@ -59,6 +63,7 @@ class Simulator:
         self.port = port
         self.controllers_enabled = controllers
         self.admission_enabled = admission
+        self.strategic_merge_on_custom_resources = strategic_merge_on_custom_resources
 
         self.clock = Clock(speed)
         self.recorder = Recorder()
@@ -202,8 +207,8 @@ def run_vm_action(store: Store, namespace: str, name: str, action: str) -> None:
 
     start: Halted becomes Always; RerunOnFailure and Manual get a Start state change request;
     Always and Once reject it. stop: Always, RerunOnFailure and Once become Halted; Manual gets a
-    Stop request. restart: rejected for Halted and Once and when no VMI exists; otherwise the VMI
-    is deleted, as the VM controller does on the Stop request, and the VM controller recreates it.
+    Stop request. restart: rejected for Halted and Once and when no VMI exists. Otherwise the VMI
+    is deleted, as the VM controller does on the Stop request, so the VM controller recreates it.
     Errors are 404 for a missing VM and 409 for a state that does not allow the action.
     """
     vm = store.get("virtualmachines", namespace, name)

@@ -7,6 +7,7 @@ import logging
 import os
 import tempfile
 import threading
+from datetime import datetime
 from pathlib import Path
 
 from kubevirt_sim.store import Store
@@ -17,11 +18,19 @@ STATE_FORMAT = 1
 
 
 def save_state(store: Store, path: Path) -> None:
-    """Write all objects and the revision counter to `path` atomically (a temporary file renamed over it)."""
+    """Write all objects, the revision counter and the simulated time to `path` atomically.
+
+    The data goes to a temporary file in the same directory that is then renamed over `path`.
+    """
     revision, objects = store.snapshot()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"format": STATE_FORMAT, "resourceVersion": revision, "objects": objects}
+    payload = {
+        "format": STATE_FORMAT,
+        "resourceVersion": revision,
+        "time": store.clock.now().isoformat(),
+        "objects": objects,
+    }
 
     descriptor, temporary = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
@@ -39,13 +48,17 @@ def save_state(store: Store, path: Path) -> None:
 def load_state(store: Store, path: Path) -> int:
     """Replace the store's objects with those saved in `path` and return the saved revision.
 
-    Raises ValueError when the file is not a state file of this format.
+    The store's clock moves forward to the saved simulated time if it is behind it, so timestamps
+    written after a restart are never older than those saved. Raises ValueError when the file is
+    not a state file of this format.
     """
     payload = json.loads(Path(path).read_text())
     if not isinstance(payload, dict) or payload.get("format") != STATE_FORMAT:
         raise ValueError(f"{path} is not a kubevirt_sim state file of format {STATE_FORMAT}")
     revision = int(payload["resourceVersion"])
     store.restore(revision, payload["objects"])
+    if payload.get("time"):
+        store.clock.advance_to(datetime.fromisoformat(payload["time"]))
     logger.info("state loaded from %s at resourceVersion %s", path, revision)
     return revision
 
@@ -68,10 +81,11 @@ class StateSaver:
         """Stop the periodic saves and write the final state."""
         self._stopped.set()
         self._thread.join(timeout=self.interval + 5)
-        self.save()
+        self.save(force=True)
 
-    def save(self) -> None:
-        if self.store.revision == self._saved_revision:
+    def save(self, force: bool = False) -> None:
+        """Save the state if the store changed since the last save, or always with `force`."""
+        if not force and self.store.revision == self._saved_revision:
             return
         revision = self.store.revision
         save_state(self.store, self.path)

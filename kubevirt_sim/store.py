@@ -262,13 +262,15 @@ class Store:
         actor: str,
         admit: bool = True,
         keep_status: bool = False,
+        dry_run: bool = False,
     ) -> dict:
         """Create an object and return it as stored.
 
         The server sets uid, creationTimestamp, resourceVersion, generation 1 (custom resources)
         and resolves `metadata.generateName`. A resource with a status subresource starts without
         status unless `keep_status` is set (controllers use it to create an object and its status
-        in one write). Raises 409 AlreadyExists, 422 Invalid, 400 BadRequest.
+        in one write). With `dry_run` every check runs and nothing is stored, as for
+        `dryRun=All`. Raises 409 AlreadyExists, 422 Invalid, 400 BadRequest.
         """
         resource = _resource(plural)
         with self.lock:
@@ -279,6 +281,8 @@ class Store:
             key = _key(resource, _namespace_of(new), new["metadata"]["name"])
             if key in self._objects[plural]:
                 raise errors.already_exists(plural, resource.group, key[1])
+            if dry_run:
+                return new
             committed = self._commit("ADDED", resource, None, new, actor)
         self._dispatch()
         return clone(committed)
@@ -322,6 +326,7 @@ class Store:
         actor: str,
         subresource: str | None = None,
         admit: bool = True,
+        dry_run: bool = False,
     ) -> dict:
         """Replace an object (PUT) and return it as stored.
 
@@ -352,7 +357,7 @@ class Store:
                     group=resource.group,
                 )
             new = self._prepare_update(resource, old, obj, subresource)
-            committed, removed = self._finish_update(resource, old, new, actor, subresource, admit)
+            committed, removed = self._finish_update(resource, old, new, actor, subresource, admit, dry_run)
         return self._after_update(committed, removed)
 
     def patch(
@@ -366,10 +371,11 @@ class Store:
         actor: str,
         subresource: str | None = None,
         admit: bool = True,
+        dry_run: bool = False,
     ) -> dict:
         """Apply a 'json', 'merge' or 'strategic' patch and return the object as stored.
 
-        A patch that sets `metadata.resourceVersion` to a stale value raises 409 Conflict; a patch
+        A patch that sets `metadata.resourceVersion` to a stale value raises 409 Conflict. A patch
         without one applies to the current object unconditionally, as the apiserver does.
         """
         resource = _resource(plural)
@@ -382,7 +388,7 @@ class Store:
             if requested and requested != old["metadata"]["resourceVersion"]:
                 raise errors.conflict(plural, resource.group, name)
             new = self._prepare_update(resource, old, patched, subresource)
-            committed, removed = self._finish_update(resource, old, new, actor, subresource, admit)
+            committed, removed = self._finish_update(resource, old, new, actor, subresource, admit, dry_run)
         return self._after_update(committed, removed)
 
     def delete(
@@ -394,6 +400,7 @@ class Store:
         actor: str,
         preconditions: dict | None = None,
         propagation_policy: str | None = None,
+        dry_run: bool = False,
     ) -> dict:
         """Delete an object and return its last state.
 
@@ -405,6 +412,8 @@ class Store:
         with self.lock:
             old = self._existing(resource, namespace, name, None)
             self._check_preconditions(resource, old, preconditions or {})
+            if dry_run:
+                return clone(old)
 
             if old["metadata"].get("finalizers"):
                 if old["metadata"].get("deletionTimestamp"):
@@ -675,7 +684,14 @@ class Store:
         return new
 
     def _finish_update(
-        self, resource: Resource, old: dict, new: dict, actor: str, subresource: str | None, admit: bool
+        self,
+        resource: Resource,
+        old: dict,
+        new: dict,
+        actor: str,
+        subresource: str | None,
+        admit: bool,
+        dry_run: bool = False,
     ) -> tuple[dict, bool]:
         """Admit, validate and commit an update; return the stored object and whether it was removed."""
         namespace = old["metadata"].get("namespace")
@@ -686,10 +702,10 @@ class Store:
         if resource.custom and _generation_content(resource, new) != _generation_content(resource, old):
             new["metadata"]["generation"] = old["metadata"].get("generation", 0) + 1
 
+        if dry_run or new == old:
+            return new, False
         if new["metadata"].get("deletionTimestamp") and not new["metadata"].get("finalizers"):
             return self._commit("DELETED", resource, old, new, actor), True
-        if new == old:
-            return old, False
         return self._commit("MODIFIED", resource, old, new, actor), False
 
     def _after_update(self, committed: dict, removed: bool) -> dict:
@@ -842,7 +858,7 @@ def _check_name(resource: Resource, name: str) -> None:
 
 
 def _generation_content(resource: Resource, obj: dict) -> dict:
-    """The part of a custom resource whose changes bump its generation."""
+    """Return the part of a custom resource whose changes bump its generation."""
     skipped = {"metadata", "status"} if resource.status_subresource else {"metadata"}
     return {key: value for key, value in obj.items() if key not in skipped}
 
@@ -850,7 +866,7 @@ def _generation_content(resource: Resource, obj: dict) -> dict:
 def _translate(
     event: Event, plural: str, namespace: str | None, labels: list[Requirement], fields: list[tuple[str, str, str]]
 ) -> dict | None:
-    """Turn a committed change into the watch event a selective watcher sees, or None."""
+    """Turn a committed change into the watch event that a filtered watch receives, or None."""
     if event.plural != plural or (namespace is not None and event.namespace != namespace):
         return None
     new_matches = matches_selectors(event.new, labels, fields)

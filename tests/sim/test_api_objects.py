@@ -244,3 +244,67 @@ def test_delete_vm_collects_owned_vmi(custom):
     with pytest.raises(ApiException) as raised:
         custom.get_namespaced_custom_object(*KUBEVIRT, "default", "virtualmachineinstances", "web-01")
     assert raised.value.status == 404
+
+
+def test_dry_run_create_stores_nothing(custom):
+    body = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstanceMigration",
+        "metadata": {"name": "dry"},
+        "spec": {"vmiName": "web-01"},
+    }
+    answer = custom.create_namespaced_custom_object(
+        *KUBEVIRT, "default", "virtualmachineinstancemigrations", body, dry_run="All"
+    )
+
+    assert answer["metadata"]["name"] == "dry"
+    with pytest.raises(ApiException) as raised:
+        custom.get_namespaced_custom_object(*KUBEVIRT, "default", "virtualmachineinstancemigrations", "dry")
+    assert raised.value.status == 404
+
+
+def test_dry_run_patch_changes_nothing(custom):
+    before = get_vm(custom)
+    answer = custom.patch_namespaced_custom_object(
+        *KUBEVIRT, "default", "virtualmachines", "web-01", {"spec": {"runStrategy": "Halted"}}, dry_run="All"
+    )
+    after = get_vm(custom)
+
+    assert answer["spec"]["runStrategy"] == "Halted"
+    assert after["spec"]["runStrategy"] == "RerunOnFailure"
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+
+
+def vm_action(kube, action: str) -> tuple[int, str]:
+    """PUT a KubeVirt VM subresource (the official client has no method for them)."""
+    path = f"/apis/subresources.kubevirt.io/v1/namespaces/default/virtualmachines/web-01/{action}"
+    response = kube.call_api(*kube.param_serialize("PUT", path))
+    return response.status, response.read().decode()
+
+
+def test_vm_subresource_stop_and_start(kube, sim):
+    stop_status, _ = vm_action(kube, "stop")
+    stopped = sim.store.get("virtualmachines", "default", "web-01")
+    start_status, start_body = vm_action(kube, "start")
+
+    assert stop_status == 202
+    assert stopped["spec"]["runStrategy"] == "Halted"
+    assert start_status == 409
+    assert "VM is already running" in start_body
+
+
+def test_vm_subresource_restart_deletes_vmi(kube, sim):
+    status, _ = vm_action(kube, "restart")
+
+    assert status == 202
+    assert sim.store.try_get("virtualmachineinstances", "default", "web-01") is None
+    assert sim.store.try_get("virtualmachines", "default", "web-01") is not None
+
+
+def test_list_limit_and_continue(core):
+    first = core.list_node(limit=2)
+    rest = core.list_node(limit=2, _continue=first.metadata._continue)
+
+    assert [node.metadata.name for node in first.items] == ["node-1", "node-2"]
+    assert [node.metadata.name for node in rest.items] == ["node-3"]
+    assert rest.metadata._continue is None

@@ -233,3 +233,19 @@ def test_strategic_patch_requires_merge_key():
         apply_strategic_merge_patch({"interfaces": []}, {"interfaces": [{"model": "virtio"}]})
 
     assert raised.value.code == 400
+
+
+def test_strategic_patch_rejected_like_apiserver():
+    from kubevirt_sim import Simulator
+    from tests.conftest import HARVESTER_FIXTURES
+
+    with Simulator(
+        [HARVESTER_FIXTURES], controllers=False, admission=False, schema_path=None,
+        strategic_merge_on_custom_resources=False,
+    ) as strict:
+        code, status = raw_patch(strict, VM_PATH, "application/strategic-merge-patch+json", b"{}")
+        node_code, _ = raw_patch(strict, "/api/v1/nodes/node-1", "application/strategic-merge-patch+json", b"{}")
+
+    assert code == 415
+    assert status["reason"] == "UnsupportedMediaType"
+    assert node_code == 200

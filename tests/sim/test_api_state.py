@@ -43,3 +43,15 @@ def test_state_file_written_atomically(tmp_path):
     assert list(tmp_path.iterdir()) == [state]
     assert revision == store.revision
     assert store.try_get("nodes", None, "node-1") is not None
+
+
+def test_state_file_keeps_simulated_time(tmp_path):
+    state = tmp_path / "state.json"
+    with Simulator([HARVESTER_FIXTURES], controllers=False, admission=False, state_file=state, speed=3600) as fast:
+        fast.clock.sleep(7200)
+        saved = fast.clock.now()
+
+    with Simulator([], controllers=False, admission=False, state_file=state) as restarted:
+        restored = restarted.clock.now()
+
+    assert restored >= saved
