@@ -55,6 +55,10 @@ class VMController:
                 self.store.delete("virtualmachineinstances", namespace, name, actor=ACTOR)
             return
 
+        if self._handle_state_change_request(vm, vmi):
+            self._update_status(namespace, name)
+            return
+
         strategy = vmsync.run_strategy(vm)
         if vmi is None:
             self._clear_absent(namespace, name, None)
@@ -75,6 +79,44 @@ class VMController:
         self._update_status(namespace, name)
 
     # Start and stop.
+
+    def _handle_state_change_request(self, vm: dict, vmi: dict | None) -> bool:
+        """Carry out the first of status.stateChangeRequests (virt-api's start, stop and restart).
+
+        A Stop deletes the VMI it names and stays queued until that VMI is gone; a Start creates
+        the VMI once none exists. Returns True while a request is being handled.
+        """
+        requests = vm.get("status", {}).get("stateChangeRequests") or []
+        if not requests:
+            return False
+        namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
+        request = requests[0]
+        action = request.get("action")
+
+        if action == "Stop" and vmi is not None and request.get("uid") in (None, vmi["metadata"].get("uid")):
+            if not is_deleting(vmi):
+                logger.info("VM %s/%s: stop requested, deleting VMI uid %s", namespace, name, vmi["metadata"].get("uid"))
+                self.store.delete("virtualmachineinstances", namespace, name, actor=ACTOR)
+            return True
+        if action == "Start" and vmi is not None:
+            return True
+        if action == "Start":
+            self._clear_absent(namespace, name, None)
+            self._start(namespace, name)
+
+        def pop_request(current: dict) -> bool:
+            pending = current.get("status", {}).get("stateChangeRequests") or []
+            if not pending or pending[0] != request:
+                return False
+            remaining = pending[1:]
+            if remaining:
+                current["status"]["stateChangeRequests"] = remaining
+            else:
+                del current["status"]["stateChangeRequests"]
+            return True
+
+        self.store.mutate("virtualmachines", namespace, name, pop_request, actor=ACTOR, subresource="status", admit=False)
+        return True
 
     @staticmethod
     def _should_stop(vmi: dict, strategy: str) -> bool:

@@ -324,3 +324,37 @@ def test_stopped_vm_drops_absent(cluster):
     cluster.edit_vm(lambda vm: mark_absent(vm, "nic-vlan100"))
     wait_for(lambda: "nic-vlan100" not in interface_names(cluster.vm()["spec"]["template"]["spec"]), "nic-vlan100 dropped")
     assert [n["name"] for n in cluster.vm()["spec"]["template"]["spec"]["networks"]] == ["default"]
+
+
+def vm_action(cluster, name: str, action: str) -> None:
+    """PUT a VM subresource of subresources.kubevirt.io (start, stop, restart), as virtctl does."""
+    client = cluster.custom.api_client
+    request = client.param_serialize(
+        method="PUT", resource_path=f"/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachines/{name}/{action}",
+        header_params={"Content-Type": "application/json"}, body={}, auth_settings=["BearerToken"])
+    response = client.call_api(*request)
+    response.read()
+    assert response.status in (200, 202), response.data
+
+
+def test_restart_replaces_vmi(cluster):
+    old_uid = cluster.vmi()["metadata"]["uid"]
+    vm_action(cluster, VM_NAME, "restart")
+    vmi = wait_for(lambda: (v := cluster.try_get("virtualmachineinstances", VM_NAME)) and v["metadata"]["uid"] != old_uid
+                   and v.get("status", {}).get("phase") == "Running" and v, "a new Running VMI")
+    assert vmi["metadata"]["annotations"]["kubevirt.io/vm-generation"] == "3"
+    assert condition(vmi, "AgentConnected")["status"] == "True"
+
+
+def test_manual_stop_start(cluster):
+    cluster.custom.patch_namespaced_custom_object(GROUP, "v1", NAMESPACE, "virtualmachines", VM_NAME,
+                                                  {"spec": {"runStrategy": "Manual"}})
+    vm_action(cluster, VM_NAME, "stop")
+    wait_for(lambda: cluster.try_get("virtualmachineinstances", VM_NAME) is None, "the VMI to go")
+    wait_for(lambda: not cluster.vm()["status"].get("stateChangeRequests"), "the stop request handled")
+
+    vm_action(cluster, VM_NAME, "start")
+    wait_for(lambda: (v := cluster.try_get("virtualmachineinstances", VM_NAME)) and v.get("status", {}).get("phase") == "Running",
+             "a Running VMI")
+    vm = wait_for(lambda: (v := cluster.vm()) and not v["status"].get("stateChangeRequests") and v, "the start request handled")
+    assert vm["spec"]["runStrategy"] == "Manual"
