@@ -170,6 +170,8 @@ def _print_operation(row, out=print) -> None:
 def _print_events(ledger, operation_id: str, out=print) -> None:
     for event in ledger.list_events(operation_id):
         message = event.details.get("message", "")
+        if event.step == "request":
+            message = f"requested by {event.details.get('actor')}: {event.details.get('reason')} (request {event.details.get('request_id')})"
         out(f"    #{event.seq:<4} {event.step:<9} {event.outcome:<9} {message}")
 
 
