@@ -109,7 +109,7 @@ class HarvesterController:
         ]
         unfinished.sort(key=sort_key_newest_first)
         active = unfinished[0] if unfinished else None
-        wanted = None if active is None else {
+        expected = None if active is None else {
             MIGRATION_UID_ANNOTATION: active["metadata"]["uid"],
             MIGRATION_STATE_ANNOTATION: migration_state_annotation(active),
         }
@@ -118,12 +118,12 @@ class HarvesterController:
             annotations = current.setdefault("metadata", {}).setdefault("annotations", {})
             changed = False
             for key in (MIGRATION_UID_ANNOTATION, MIGRATION_STATE_ANNOTATION):
-                if wanted is None:
+                if expected is None:
                     if key in annotations:
                         del annotations[key]
                         changed = True
-                elif annotations.get(key) != wanted[key]:
-                    annotations[key] = wanted[key]
+                elif annotations.get(key) != expected[key]:
+                    annotations[key] = expected[key]
                     changed = True
             return changed
 
@@ -131,16 +131,16 @@ class HarvesterController:
 
     def _sync_observed_macs(self, vmi: dict) -> None:
         namespace, name = vmi["metadata"]["namespace"], vmi["metadata"]["name"]
-        wanted = observed_macs(vmi)
+        expected = observed_macs(vmi)
 
         def edit(current: dict) -> bool:
             annotations = current.setdefault("metadata", {}).setdefault("annotations", {})
-            if annotations.get(MAC_ADDRESS_ANNOTATION) == wanted:
+            if annotations.get(MAC_ADDRESS_ANNOTATION) == expected:
                 return False
             size = sum(len(k) + len(v) for k, v in annotations.items() if k != MAC_ADDRESS_ANNOTATION)
-            if size + len(MAC_ADDRESS_ANNOTATION) + len(wanted) > ANNOTATIONS_SIZE_LIMIT:
+            if size + len(MAC_ADDRESS_ANNOTATION) + len(expected) > ANNOTATIONS_SIZE_LIMIT:
                 return False
-            annotations[MAC_ADDRESS_ANNOTATION] = wanted
+            annotations[MAC_ADDRESS_ANNOTATION] = expected
             return True
 
         if self.store.try_get("virtualmachines", namespace, name) is not None:
@@ -149,9 +149,9 @@ class HarvesterController:
     def finalize_vmi(self, namespace: str, name: str) -> None:
         """Backfill observed MACs into the VM spec when its VMI is deleted, then release the VMI.
 
-        The VM update always runs (through admission) when the VM has the annotation; if it is
-        rejected, the finalizer stays and the reconcile is retried, which blocks the VMI deletion
-        as in Harvester.
+        The VM update always runs (through admission) when the VM has the annotation. If admission
+        rejects it, the finalizer stays and the reconcile is retried, so the VMI deletion is
+        blocked as in Harvester.
         """
         vmi = self.store.try_get("virtualmachineinstances", namespace, name)
         if vmi is None or BACKFILL_FINALIZER not in (vmi["metadata"].get("finalizers") or []):

@@ -29,10 +29,10 @@ _RETRY_MAX_SECONDS = 5.0
 
 @dataclass
 class VMIRuntime:
-    """What virt-controller and virt-handler remember about one VMI beyond its object.
+    """State that virt-controller and virt-handler keep about one VMI beyond its object.
 
-    The start template is the VM template when the VMI started (KubeVirt keeps it in a
-    ControllerRevision); the root-port counts describe the domain defined at start.
+    The start template is the VM template when the VMI started, which KubeVirt keeps in a
+    ControllerRevision. The root-port counts describe the domain defined at start.
     """
 
     uid: str

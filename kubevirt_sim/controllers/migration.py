@@ -30,7 +30,7 @@ VMI_NAME_LABEL = "kubevirt.io/vmi-name"
 NODE_NAME_LABEL = "kubevirt.io/nodeName"
 
 FINAL_PHASES = ("Succeeded", "Failed")
-# Phases in which a migration holds a parallel-migration slot (KubeVirt counts running migrations).
+# Phases in which a migration takes a parallel-migration slot (KubeVirt counts running migrations).
 RUNNING_PHASES = ("Scheduling", "Scheduled", "PreparingTarget", "TargetReady", "Running")
 
 # Share of Simulator.migration_seconds spent in each phase before the next one; they sum to 1.
@@ -68,7 +68,7 @@ MESSAGE_ABORTED = "Live migration aborted"
 
 @dataclass
 class MigrationRecord:
-    """What the controller tracks of one unfinished VMIM between reconciles."""
+    """State the controller keeps for one unfinished VMIM between reconciles."""
 
     uid: str
     namespace: str
@@ -186,7 +186,7 @@ class MigrationController:
             self._fail(record, f'the VMI "{record.namespace}/{record.vmi}" does not exist')
             return
 
-        # Records exist only for unfinished VMIMs; one that left the unset phase holds the VMI.
+        # Records exist only for unfinished VMIMs. One that left the unset phase owns the VMI's migration.
         others = [r for r in self.records.values()
                   if r.vmi == record.vmi and r.namespace == record.namespace and r.uid != record.uid and r.phase]
         if others:
@@ -284,10 +284,10 @@ class MigrationController:
                    f"anti-affinity rules match no schedulable node.")
 
         def edit(current: dict) -> bool:
-            wanted = pods.pending_pod_status(message)
-            if current.get("status") == wanted:
+            expected = pods.pending_pod_status(message)
+            if current.get("status") == expected:
                 return False
-            current["status"] = wanted
+            current["status"] = expected
             return True
 
         if record.target_pod:

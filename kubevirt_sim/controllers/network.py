@@ -341,7 +341,7 @@ def hotplug_root_ports(spec: dict, annotations: dict | None = None) -> int:
     """Return the empty PCIe root ports reserved at domain start for hot-plugged NICs (v2 formula).
 
     max(8 - portsInUse, 3) for at most 2 GiB of domain memory, else max(16 - portsInUse, 6); none
-    when the VMI asks for devices on the root complex.
+    when the VMI annotation places PCI devices on the root complex.
     """
     if (annotations or {}).get("kubevirt.io/placePCIDevicesOnRootComplex") == "true":
         return 0

@@ -278,13 +278,13 @@ class VMIController:
         vmi = self.store.try_get("virtualmachineinstances", namespace, name)
         if vmi is None:
             return
-        wanted = json.dumps(network.pod_networks_annotation(vmi), separators=(",", ":"))
+        expected = json.dumps(network.pod_networks_annotation(vmi), separators=(",", ":"))
 
         def edit(current: dict) -> bool:
             annotations = current.setdefault("metadata", {}).setdefault("annotations", {})
-            if annotations.get(network.NETWORKS_ANNOTATION) == wanted:
+            if annotations.get(network.NETWORKS_ANNOTATION) == expected:
                 return False
-            annotations[network.NETWORKS_ANNOTATION] = wanted
+            annotations[network.NETWORKS_ANNOTATION] = expected
             return True
 
         self.store.mutate("pods", namespace, pod["metadata"]["name"], edit, actor=ACTOR, admit=False)

@@ -1,6 +1,6 @@
 """Pure VM-to-VMI rules of KubeVirt's VM controller (network sync, clean-up, RestartRequired, status).
 
-The functions edit the dicts they get in place and return what they changed; they read no
+The functions edit the dicts they get in place and return what they changed. They read no
 server, so each rule can be unit-tested on plain objects.
 """
 
@@ -69,9 +69,9 @@ def _uses_ordinal_pod_names(vmi: dict, interface_name: str) -> bool:
 def propagate_interfaces(vm: dict, vmi: dict) -> list[str]:
     """Append the VM's new hot-pluggable interfaces and their networks to the VMI spec, and copy `state`.
 
-    An interface is new when its name is missing from the VMI spec; it is hot-pluggable with
+    An interface is new when its name is missing from the VMI spec. It is hot-pluggable with
     bridge or SR-IOV binding and a state other than absent. `absent` is not copied onto
-    interfaces whose pod uses ordinal names (net1, ...), as KubeVirt ignores unplug there.
+    interfaces whose pod uses ordinal names (net1, ...), because KubeVirt ignores unplug there.
     Returns the names of the interfaces added or changed.
     """
     template = vm.get("spec", {}).get("template", {}).get("spec", {})
@@ -95,13 +95,13 @@ def propagate_interfaces(vm: dict, vmi: dict) -> list[str]:
             changed.append(name)
             continue
 
-        wanted_state = interface.get("state", "")
-        if current.get("state", "") == wanted_state:
+        expected_state = interface.get("state", "")
+        if current.get("state", "") == expected_state:
             continue
-        if wanted_state == STATE_ABSENT and _uses_ordinal_pod_names(vmi, name):
+        if expected_state == STATE_ABSENT and _uses_ordinal_pod_names(vmi, name):
             continue
-        if wanted_state:
-            current["state"] = wanted_state
+        if expected_state:
+            current["state"] = expected_state
         else:
             current.pop("state", None)
         changed.append(name)
@@ -126,8 +126,8 @@ def clear_detached_from_vmi(vmi: dict) -> list[str]:
 def clear_detached_from_vm(vm: dict, vmi: dict | None) -> list[str]:
     """Remove absent interfaces and their networks from the VM template spec.
 
-    With a VMI, only the absent interfaces found in neither the VMI spec nor the VMI status go;
-    with no VMI (VM stopped), every absent interface goes.
+    With a VMI, only the absent interfaces found in neither the VMI spec nor the VMI status go.
+    With no VMI (VM stopped), every absent interface goes.
     """
     template = vm.get("spec", {}).get("template", {}).get("spec", {})
     interfaces = spec_interfaces(template)
@@ -197,13 +197,13 @@ def copy_scheduling(template: dict, vmi: dict) -> bool:
     spec = vmi.setdefault("spec", {})
     changed = False
     for field in ("affinity", "nodeSelector"):
-        wanted = template.get(field)
-        if spec.get(field) == wanted:
+        expected = template.get(field)
+        if spec.get(field) == expected:
             continue
-        if wanted is None:
+        if expected is None:
             spec.pop(field, None)
         else:
-            spec[field] = copy.deepcopy(wanted)
+            spec[field] = copy.deepcopy(expected)
         changed = True
     return changed
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import urllib.request
 from datetime import datetime
 
 import kubernetes
@@ -358,3 +360,21 @@ def test_manual_stop_start(cluster):
              "a Running VMI")
     vm = wait_for(lambda: (v := cluster.vm()) and not v["status"].get("stateChangeRequests") and v, "the start request handled")
     assert vm["spec"]["runStrategy"] == "Manual"
+
+
+def post_fault(cluster, kind: str, args: dict) -> int:
+    request = urllib.request.Request(f"{cluster.sim.url}/sim/faults", method="POST",
+                                     data=json.dumps({"kind": kind, "args": args}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return response.status
+
+
+def test_fault_endpoint_json(cluster):
+    assert post_fault(cluster, "disconnect_agent", {"vmi": "default/web-01"}) == 200
+    wait_for(lambda: condition(cluster.vmi(), "AgentConnected")["status"] == "False", "AgentConnected False")
+
+    request = urllib.request.Request(f"{cluster.sim.url}/sim/faults", method="DELETE")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 200
+    wait_for(lambda: condition(cluster.vmi(), "AgentConnected")["status"] == "True", "AgentConnected True again")
