@@ -30,7 +30,8 @@ class SchemaValidator:
     """Validators for the KubeVirt kinds, built once from the Swagger file (building is the slow part).
 
     The store calls the instance as its `validator`: `validator(resource, obj)` prunes `obj` in
-    place and raises ApiError 422 when it is invalid. Objects of other groups pass untouched.
+    place, returns the paths of the pruned fields and raises ApiError 422 when the rest is
+    invalid. Objects of other groups pass untouched.
     """
 
     def __init__(self, schema_path: Path, prune: bool = True):
@@ -54,13 +55,13 @@ class SchemaValidator:
             self._validators[resource.plural] = Draft4Validator(schema)
         logger.info("schema validators built for %s from %s", ", ".join(sorted(self._validators)), schema_path)
 
-    def __call__(self, resource: Resource, obj: dict) -> None:
+    def __call__(self, resource: Resource, obj: dict) -> list[str]:
         validator = self._validators.get(resource.plural)
         if validator is None:
-            return
+            return []
         _drop_nulls(obj)
+        pruned: list[str] = []
         if self._prune:
-            pruned: list[str] = []
             self._prune_object(obj, {"$ref": f"#/definitions/{resource.schema_definition}"}, "", pruned, top=True)
             if pruned:
                 logger.debug("pruned unknown fields of %s %s: %s", resource.kind, obj["metadata"].get("name"), pruned)
@@ -68,6 +69,7 @@ class SchemaValidator:
         causes = [_cause(error) for error in sorted(validator.iter_errors(obj), key=_error_order)]
         if causes:
             raise errors.invalid(resource.kind, obj.get("metadata", {}).get("name", ""), causes, group=resource.group)
+        return pruned
 
     # --- pruning ---
 
@@ -149,3 +151,75 @@ def _cause(error: ValidationError) -> tuple[str, str]:
 
 def _error_order(error: ValidationError) -> str:
     return field_path(error.absolute_path)
+
+
+# --- OpenAPI v3 discovery ----------------------------------------------------------------------
+
+
+def _to_openapi_v3(value: Any) -> Any:
+    """Rewrite a Swagger 2.0 schema for OpenAPI v3: refs point into components, one type per schema."""
+    if isinstance(value, dict):
+        converted = {key: _to_openapi_v3(item) for key, item in value.items()}
+        ref = converted.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/definitions/"):
+            converted["$ref"] = "#/components/schemas/" + ref[len("#/definitions/"):]
+        if isinstance(converted.get("type"), list):
+            del converted["type"]
+            converted["x-kubernetes-int-or-string"] = True
+        return converted
+    if isinstance(value, list):
+        return [_to_openapi_v3(item) for item in value]
+    return value
+
+
+def _operation(resource: Resource, action: str, name_path: bool) -> dict[str, Any]:
+    parameters = [{"name": "dryRun", "in": "query", "schema": {"type": "string"}}]
+    if action in ("post", "put", "patch"):
+        parameters.append({"name": "fieldValidation", "in": "query", "schema": {"type": "string"}})
+    kind_verb = {"get": "read" if name_path else "list", "post": "create", "put": "replace", "patch": "patch", "delete": "delete"}[action]
+    return {
+        "operationId": f"{kind_verb}{resource.kind}",
+        "parameters": parameters,
+        "responses": {"200": {"description": "OK"}},
+        "x-kubernetes-action": {"get": "get" if name_path else "list", "post": "post", "put": "put", "patch": "patch", "delete": "delete"}[action],
+        "x-kubernetes-group-version-kind": {"group": resource.group, "version": resource.version, "kind": resource.kind},
+    }
+
+
+def openapi_v3_documents(schema_path: Path | None) -> dict[str, dict]:
+    """Build the OpenAPI v3 document of each served group version, keyed 'api/v1' or 'apis/<group>/<version>'.
+
+    The documents list the PATCH operations with the fieldValidation parameter, which is how
+    kubectl decides to leave field validation to the server. With `schema_path` the KubeVirt
+    definitions become `components.schemas` tagged with their kind, for `kubectl explain`.
+    """
+    components: dict[str, Any] = {}
+    if schema_path is not None:
+        definitions = json.loads(Path(schema_path).read_text())["definitions"]
+        components = _to_openapi_v3(definitions)
+        for resource in RESOURCES.values():
+            name = resource.schema_definition
+            if name in components:
+                components[name]["x-kubernetes-group-version-kind"] = [
+                    {"group": resource.group, "version": resource.version, "kind": resource.kind}
+                ]
+
+    documents: dict[str, dict] = {}
+    for resource in RESOURCES.values():
+        key = f"apis/{resource.group}/{resource.version}" if resource.group else "api/v1"
+        document = documents.setdefault(key, {
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": "kubevirt-sim"},
+            "paths": {},
+            "components": {"schemas": components if resource.group == "kubevirt.io" else {}},
+        })
+        base = "/" + key + ("/namespaces/{namespace}" if resource.namespaced else "") + "/" + resource.plural
+        document["paths"][base] = {action: _operation(resource, action, False) for action in ("get", "post")}
+        document["paths"][base + "/{name}"] = {
+            action: _operation(resource, action, True) for action in ("get", "put", "patch", "delete")
+        }
+        if resource.status_subresource:
+            document["paths"][base + "/{name}/status"] = {
+                action: _operation(resource, action, True) for action in ("get", "put", "patch")
+            }
+    return documents

@@ -6,6 +6,7 @@ KubeVirt VM subresources start, stop and restart, and the simulator's control en
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -68,6 +69,18 @@ class ApiServer(ThreadingHTTPServer):
         super().__init__(address, ApiRequestHandler)
         self.sim = sim
         self.stopping = threading.Event()
+        self._openapi: dict[str, bytes] | None = None
+        self._openapi_lock = threading.Lock()
+
+    def openapi_v3(self) -> dict[str, bytes]:
+        """Return the serialized OpenAPI v3 documents by group version path, built on first use."""
+        with self._openapi_lock:
+            if self._openapi is None:
+                from kubevirt_sim.schema import openapi_v3_documents
+
+                documents = openapi_v3_documents(self.sim.schema_path)
+                self._openapi = {key: json.dumps(document).encode() for key, document in documents.items()}
+            return self._openapi
 
     @property
     def url(self) -> str:
@@ -121,6 +134,9 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             if parts[:1] == ["sim"]:
                 self._handle_control(method, parts[1:], query, body)
                 return
+            if parts[:2] == ["openapi", "v3"] and method == "GET":
+                self._send_openapi(parts[2:])
+                return
             discovery = self._discovery(method, parts)
             if discovery is not None:
                 self._send_json(200, discovery)
@@ -133,7 +149,9 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             if fault is not None and not fault.after_commit:
                 self._answer_fault(fault)
                 return
-            self._handle_resource(method, route, query, body, fault)
+            with self.server.sim.store.request_options(query.get("fieldValidation")) as warnings:
+                self._warnings = warnings
+                self._handle_resource(method, route, query, body, fault)
         except ApiError as error:
             self._send_error(error)
         except (BrokenPipeError, ConnectionResetError):
@@ -381,6 +399,20 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             }
         return None
 
+    def _send_openapi(self, parts: list[str]) -> None:
+        documents = self.server.openapi_v3()
+        if not parts:
+            paths = {
+                key: {"serverRelativeURL": f"/openapi/v3/{key}?hash={hashlib.sha512(data).hexdigest().upper()}"}
+                for key, data in documents.items()
+            }
+            self._send_json(200, {"paths": paths})
+            return
+        data = documents.get("/".join(parts))
+        if data is None:
+            raise ApiError(404, "NotFound", "the server could not find the requested resource")
+        self._send_bytes(200, data, "application/json")
+
     # --- control endpoint ---
 
     def _handle_control(self, method: str, parts: list[str], query: dict[str, str], body: Any) -> None:
@@ -478,6 +510,9 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         self.send_header("Cache-Control", "no-cache, private")
         for name, value in (headers or {}).items():
             self.send_header(name, value)
+        for warning in getattr(self, "_warnings", None) or []:
+            self.send_header("Warning", "299 - " + json.dumps(warning))
+        self._warnings = None
         self.end_headers()
         self.wfile.write(data)
 

@@ -16,6 +16,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -198,7 +199,8 @@ class Store:
         self.recorder = recorder
         self.lock = threading.RLock()
         self.admission: Callable[..., dict] | None = None
-        self.validator: Callable[[Resource, dict], None] | None = None
+        self.validator: Callable[[Resource, dict], list[str] | None] | None = None
+        self._request = threading.local()
         self._objects: dict[str, dict[tuple[str, str], dict]] = {plural: {} for plural in RESOURCES}
         self._revision = 0
         self._history: deque[Event] = deque(maxlen=history)
@@ -730,9 +732,42 @@ class Store:
                 f"ResourceVersion in object meta: {old['metadata'].get('resourceVersion')}",
             )
 
+    @contextmanager
+    def request_options(self, field_validation: str | None = None) -> Iterator[list[str]]:
+        """Apply an API request's fieldValidation to the writes this thread makes inside the block.
+
+        'Strict' turns an unknown field into 400 BadRequest, 'Ignore' drops it silently, and
+        'Warn' (the apiserver default) drops it and appends a warning to the yielded list.
+        """
+        if field_validation not in (None, "Strict", "Warn", "Ignore"):
+            raise errors.bad_request(
+                f'invalid fieldValidation value "{field_validation}": valid values are "Ignore", "Warn", "Strict"'
+            )
+        warnings: list[str] = []
+        self._request.field_validation = field_validation or "Warn"
+        self._request.warnings = warnings
+        try:
+            yield warnings
+        finally:
+            self._request.field_validation = "Warn"
+            self._request.warnings = None
+
     def _validate(self, resource: Resource, obj: dict) -> None:
-        if self.validator is not None:
-            self.validator(resource, obj)
+        if self.validator is None:
+            return
+        pruned = self.validator(resource, obj) or []
+        if not pruned:
+            return
+        mode = getattr(self._request, "field_validation", "Warn")
+        unknown = [f'unknown field "{path}"' for path in pruned]
+        if mode == "Strict":
+            raise errors.bad_request(
+                f'{resource.kind} in version "{resource.version}" cannot be handled as a {resource.kind}: '
+                f"strict decoding error: {', '.join(unknown)}"
+            )
+        warnings = getattr(self._request, "warnings", None)
+        if mode == "Warn" and warnings is not None:
+            warnings.extend(unknown)
 
     def _commit(self, event_type: str, resource: Resource, old: dict | None, new: dict, actor: str) -> dict:
         """Number, store, record and queue one change; the caller holds the lock."""

@@ -42,3 +42,48 @@ def test_kubectl_get_missing_vm_fails(kubeconfig):
 
     assert result.returncode != 0
     assert 'virtualmachineinstances.kubevirt.io "nope" not found' in result.stderr
+
+
+def web_02_manifest(sim) -> str:
+    vm = sim.store.get("virtualmachines", "default", "web-01")
+    vm["metadata"] = {"name": "web-02", "namespace": "default", "labels": {"app": "web"}}
+    vm.pop("status")
+    return yaml.safe_dump(vm)
+
+
+def test_kubectl_apply_creates_then_configures(kubeconfig, sim):
+    manifest = web_02_manifest(sim)
+    created = kubectl_input(kubeconfig, manifest, "apply", "-f", "-")
+    changed = kubectl_input(kubeconfig, manifest.replace("runStrategy: RerunOnFailure", "runStrategy: Always"), "apply", "-f", "-")
+    vm = sim.store.get("virtualmachines", "default", "web-02")
+
+    assert created.returncode == 0, created.stderr
+    assert "created" in created.stdout
+    assert changed.returncode == 0, changed.stderr
+    assert "configured" in changed.stdout
+    assert vm["spec"]["runStrategy"] == "Always"
+    assert "kubectl.kubernetes.io/last-applied-configuration" in vm["metadata"]["annotations"]
+
+
+def test_kubectl_apply_rejects_unknown_field(kubeconfig, sim):
+    manifest = web_02_manifest(sim).replace("runStrategy:", "notAField: 1\n  runStrategy:")
+    result = kubectl_input(kubeconfig, manifest, "apply", "-f", "-")
+
+    assert result.returncode != 0
+    assert 'unknown field "spec.notAField"' in result.stderr
+    assert sim.store.try_get("virtualmachines", "default", "web-02") is None
+
+
+def test_kubectl_explain_vm_field(kubeconfig):
+    result = kubectl(kubeconfig, "explain", "vm.spec.runStrategy")
+
+    assert result.returncode == 0, result.stderr
+    assert "RerunOnFailure" in result.stdout
+
+
+def kubectl_input(kubeconfig, stdin: str, *args: str) -> subprocess.CompletedProcess:
+    binary = shutil.which("kubectl")
+    if binary is None:
+        pytest.fail("kubectl is not installed: install Debian's kubernetes-client package (apt-get install kubernetes-client)")
+    env = dict(os.environ, KUBECONFIG=str(kubeconfig))
+    return subprocess.run([binary, *args], env=env, capture_output=True, text=True, timeout=60, input=stdin)

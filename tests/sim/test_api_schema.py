@@ -86,3 +86,30 @@ def test_schema_checks_migrations(checked):
 
     assert raised.value.status == 422
     assert json.loads(raised.value.body)["details"]["causes"][0]["field"] == "spec.vmiName"
+
+
+def test_field_validation_strict_rejects_unknown(checked):
+    body = {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachineInstanceMigration",
+        "metadata": {"name": "strict"},
+        "spec": {"vmiName": "web-01", "vmName": "web-01"},
+    }
+    with pytest.raises(ApiException) as raised:
+        checked.create_namespaced_custom_object(
+            *KUBEVIRT, "default", "virtualmachineinstancemigrations", body, field_validation="Strict"
+        )
+
+    assert raised.value.status == 400
+    assert 'unknown field "spec.vmName"' in json.loads(raised.value.body)["message"]
+
+
+def test_field_validation_warn_sends_warning(checked):
+    # This client version returns (data, status, headers) from the *_with_http_info methods.
+    data, status, headers = checked.patch_namespaced_custom_object_with_http_info(
+        *KUBEVIRT, "default", "virtualmachines", "web-01", {"spec": {"notAField": 1}}
+    )
+
+    assert status == 200
+    assert headers["Warning"] == '299 - "unknown field \\"spec.notAField\\""'
+    assert "notAField" not in data["spec"]
