@@ -64,6 +64,8 @@ class VirtHandler:
                 runtime.attached_at[interface_name] = now
                 attached.append(interface_name)
 
+            # NOTE: entries that already carry guest-agent data keep it while the agent is
+            # disconnected; whether virt-handler drops it then was not checked.
             if condition_is_true(current, "AgentConnected") and not agent_fault:
                 for interface_name in handlersync.agent_report_candidates(current):
                     since = runtime.attached_at.get(interface_name)

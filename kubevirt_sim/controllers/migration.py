@@ -477,7 +477,12 @@ class MigrationController:
     # Timing and faults.
 
     def _set_phase(self, record: MigrationRecord, phase: str) -> None:
+        """Move the VMIM to `phase`, stamping the transition and copying the VMI's migrationState for it."""
         timestamp = self.clock.timestamp()
+        vmi = self.store.try_get("virtualmachineinstances", record.namespace, record.vmi)
+        state = (vmi or {}).get("status", {}).get("migrationState") or {}
+        if state.get("migrationUid") != record.uid:
+            state = None
 
         def edit(current: dict) -> bool:
             status = current.setdefault("status", {})
@@ -486,6 +491,8 @@ class MigrationController:
             status["phase"] = phase
             status.setdefault("phaseTransitionTimestamps", []).append(
                 {"phase": phase, "phaseTransitionTimestamp": timestamp})
+            if state is not None:
+                status["migrationState"] = copy.deepcopy(state)
             return True
 
         self.store.mutate(PLURAL, record.namespace, record.name, edit, actor=ACTOR, subresource="status", admit=False)

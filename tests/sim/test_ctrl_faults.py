@@ -378,3 +378,23 @@ def test_fault_endpoint_json(cluster):
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 200
     wait_for(lambda: condition(cluster.vmi(), "AgentConnected")["status"] == "True", "AgentConnected True again")
+
+
+def test_parallel_outbound_cap(manual):
+    manual.custom.patch_namespaced_custom_object(
+        GROUP, "v1", "harvester-system", "kubevirts", "kubevirt",
+        {"spec": {"configuration": {"migrations": {"parallelOutboundMigrationsPerNode": 1}}}})
+    manual.sim.faults.stall_migration("Scheduled")
+    first = manual.create_migration(VM_NAME)["metadata"]["name"]
+    wait_for(lambda: migration_phase(manual, first) == "Scheduled", "web-01's VMIM Scheduled")
+
+    # rke2-pool1-abcde runs on node-1 like web-01; db-legacy runs on node-2.
+    same_node = manual.create_migration("rke2-pool1-abcde")["metadata"]["name"]
+    other_node = manual.create_migration("db-legacy")["metadata"]["name"]
+    wait_for(lambda: migration_phase(manual, other_node) == "Scheduled", "db-legacy's VMIM Scheduled")
+    assert migration_phase(manual, same_node) == "Pending"
+
+    manual.sim.faults.clear()
+    assert wait_final(manual, first)["status"]["phase"] == "Succeeded"
+    assert wait_final(manual, same_node)["status"]["phase"] == "Succeeded"
+    assert wait_final(manual, other_node)["status"]["phase"] == "Succeeded"

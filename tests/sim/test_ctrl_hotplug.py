@@ -313,6 +313,8 @@ def test_hot_plug_migration_state(manual):
     assert state["completed"] is True
     assert state["mode"] == "PreCopy"
     assert state["startTimestamp"] <= state["endTimestamp"]
+    assert finished["status"]["migrationState"]["completed"] is True
+    assert finished["status"]["migrationState"]["targetNode"] == "node-2"
 
 
 def test_hot_plug_pods_switch(manual):
