@@ -18,7 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 from kubevirt_sim import errors
 from kubevirt_sim.errors import ApiError
 from kubevirt_sim.httpfaults import HttpFault
-from kubevirt_sim.resources import GROUP_VERSIONS, RESOURCES, Resource, resource_for_path
+from kubevirt_sim.resources import GROUP_VERSIONS, RESOURCES, Resource, resource_for_path, to_table
 
 if TYPE_CHECKING:
     from kubevirt_sim.simulator import Simulator
@@ -233,7 +233,10 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
                 if route.watch_path or query.get("watch") in ("true", "1"):
                     self._stream_watch(route, query)
                     return
-                self._reply(fault, 200, self._list(route, query))
+                listed = self._list(route, query)
+                if self._wants_table():
+                    listed = to_table(resource, listed["items"], listed["metadata"]["resourceVersion"], store.clock.now())
+                self._reply(fault, 200, listed)
                 return
             if method == "POST":
                 if resource.namespaced and route.namespace is None:
@@ -249,6 +252,8 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             if route.subresource is not None and not (route.subresource == "status" and resource.status_subresource):
                 raise ApiError(404, "NotFound", "the server could not find the requested resource")
             obj = store.get(plural, route.namespace, route.name)
+            if self._wants_table():
+                obj = to_table(resource, [obj], obj["metadata"]["resourceVersion"], store.clock.now())
             self._reply(fault, 200, obj)
         elif method == "PUT":
             if not isinstance(body, dict):
@@ -320,7 +325,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             preconditions=options.get("preconditions"), propagation_policy=propagation, dry_run=dry_run,
         )
         still_present = bool(result["metadata"].get("finalizers"))
-        if still_present or not resource.custom:
+        if still_present or resource.returns_deleted_object:
             return result
         details: dict[str, Any] = {"name": route.name, "kind": resource.plural, "uid": result["metadata"].get("uid")}
         if resource.group:
@@ -340,18 +345,29 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             timeout,
             stop=self.server.stopping,
         )
+        table = self._wants_table()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
         try:
             for event in events:
+                if table and event["type"] != "ERROR":
+                    obj = event["object"]
+                    event = {"type": event["type"], "object": to_table(
+                        route.resource, [obj], obj["metadata"]["resourceVersion"], self.server.sim.clock.now()
+                    )}
                 self._write_chunk(json.dumps(event).encode() + b"\n")
             self.wfile.write(b"0\r\n\r\n")
             self.wfile.flush()
         except (BrokenPipeError, ConnectionResetError):
             logger.debug("watch client on %s went away", route.resource.plural)
             self.close_connection = True
+
+    def _wants_table(self) -> bool:
+        """Tell whether the Accept header puts a meta.k8s.io Table first, as `kubectl get` does."""
+        first = (self.headers.get("Accept") or "").split(",")[0]
+        return "as=Table" in first
 
     def _write_chunk(self, data: bytes) -> None:
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")

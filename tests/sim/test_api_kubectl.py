@@ -87,3 +87,22 @@ def kubectl_input(kubeconfig, stdin: str, *args: str) -> subprocess.CompletedPro
         pytest.fail("kubectl is not installed: install Debian's kubernetes-client package (apt-get install kubernetes-client)")
     env = dict(os.environ, KUBECONFIG=str(kubeconfig))
     return subprocess.run([binary, *args], env=env, capture_output=True, text=True, timeout=60, input=stdin)
+
+
+def test_kubectl_get_vm_prints_columns(kubeconfig):
+    result = kubectl(kubeconfig, "get", "vm", "web-01")
+    header, row = result.stdout.splitlines()
+
+    assert result.returncode == 0, result.stderr
+    assert header.split() == ["NAME", "AGE", "STATUS", "READY"]
+    assert row.split()[0] == "web-01"
+    assert row.split()[2:] == ["Running", "True"]
+
+
+def test_kubectl_get_vmi_wide_prints_node(kubeconfig):
+    result = kubectl(kubeconfig, "get", "vmi", "web-01", "-o", "wide")
+    header, row = result.stdout.splitlines()
+
+    assert result.returncode == 0, result.stderr
+    assert header.split()[:6] == ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"]
+    assert row.split()[2:5] == ["Running", "10.52.1.41", "node-1"]
