@@ -43,6 +43,17 @@ class VMIRuntime:
     attached_at: dict[str, float] = field(default_factory=dict)
 
 
+def delete_if_present(store, plural: str, namespace: str, name: str, actor: str) -> bool:
+    """Delete an object; False when it was already gone (a 404 is no error for a controller)."""
+    try:
+        store.delete(plural, namespace, name, actor=actor)
+    except ApiError as error:
+        if error.code != 404:
+            raise
+        return False
+    return True
+
+
 class ControllerManager:
     """Run the simulated controllers on one worker thread until `stop()`.
 

@@ -16,7 +16,8 @@ from kubevirt_sim.controllers.objects import (
     remove_finalizer,
     set_condition,
 )
-from kubevirt_sim.errors import ApiError
+
+from kubevirt_sim.controllers.manager import delete_if_present
 
 if TYPE_CHECKING:
     from kubevirt_sim.controllers.manager import ControllerManager
@@ -95,6 +96,20 @@ def sort_key_newest_first(migration: dict) -> tuple[str, str, str]:
     return (migration["metadata"].get("creationTimestamp", ""),
             timestamps[0].get("phaseTransitionTimestamp", ""),
             migration["metadata"]["name"])
+
+
+def target_spec(vmi: dict, migration: dict) -> dict:
+    """Return the scheduling constraints of a migration's target pod: the VMI's, narrowed by spec.addedNodeSelector.
+
+    The added selector only restricts the target; a key the VMI already selects keeps the VMI's value.
+    """
+    spec = copy.deepcopy(vmi.get("spec", {}))
+    added = migration.get("spec", {}).get("addedNodeSelector") or {}
+    if added:
+        selector = dict(added)
+        selector.update(spec.get("nodeSelector") or {})
+        spec["nodeSelector"] = selector
+    return spec
 
 
 class MigrationController:
@@ -215,10 +230,10 @@ class MigrationController:
             logger.debug("VMIM %s/%s waits for a migration slot", record.namespace, record.name)
             return
 
-        self._create_target_pod(vmi, record)
+        self._create_target_pod(vmi, migration, record)
         self._set_phase(record, "Scheduling")
 
-    def _create_target_pod(self, vmi: dict, record: MigrationRecord) -> None:
+    def _create_target_pod(self, vmi: dict, migration: dict, record: MigrationRecord) -> None:
         """Create the pending target pod; its Multus networks come from the VMI spec as it is now."""
         namespace = record.namespace
         existing, _ = self.store.list("pods", namespace, label_selector=f"{pods.CREATED_BY_LABEL}={vmi['metadata']['uid']}")
@@ -229,7 +244,9 @@ class MigrationController:
         primary_mac = next((e.get("mac") for e in vmi.get("status", {}).get("interfaces") or []
                             if e.get("podInterfaceName") == naming.PRIMARY_POD_INTERFACE and e.get("mac")), naming.generate_mac())
         # The pod IP is assigned on scheduling; until then the pod has none.
-        pod = pods.launcher_pod(vmi, network.pod_networks_annotation(vmi), "", primary_mac, None, migration_uid=record.uid)
+        constrained = dict(vmi, spec=target_spec(vmi, migration))
+        pod = pods.launcher_pod(constrained, network.pod_networks_annotation(vmi), "", primary_mac, None,
+                                migration_uid=record.uid)
         created = self.store.create("pods", namespace, pod, actor=ACTOR, admit=False, keep_status=True)
         record.target_pod = created["metadata"]["name"]
 
@@ -257,7 +274,7 @@ class MigrationController:
         candidates: list[str] = []
         if not self.faults.targets_unschedulable:
             overrides = {n["metadata"]["name"]: self.faults.node_ready_override(n["metadata"]["name"]) for n in nodes}
-            candidates = scheduling.candidate_nodes(vmi.get("spec", {}), nodes, exclude=record.source_node,
+            candidates = scheduling.candidate_nodes(target_spec(vmi, migration), nodes, exclude=record.source_node,
                                                     ready_overrides=overrides)
 
         waited = self.clock.monotonic() - record.entered
@@ -440,11 +457,7 @@ class MigrationController:
         self.store.mutate(PLURAL, namespace, name, edit, actor=ACTOR)
 
     def _delete_pod(self, namespace: str, name: str) -> None:
-        try:
-            self.store.delete("pods", namespace, name, actor=ACTOR)
-        except ApiError as error:
-            if error.code != 404:
-                raise
+        delete_if_present(self.store, "pods", namespace, name, ACTOR)
 
     def _edit_vmi_state(self, record: MigrationRecord, updates: dict) -> None:
         def edit(current: dict) -> bool:
@@ -529,6 +542,5 @@ class MigrationController:
         for migration in finished[KEEP_FINALIZED:]:
             name = migration["metadata"]["name"]
             self._release(namespace, name)
-            if self.store.try_get(PLURAL, namespace, name) is not None:
-                self.store.delete(PLURAL, namespace, name, actor=ACTOR)
+            delete_if_present(self.store, PLURAL, namespace, name, ACTOR)
             logger.info("garbage-collected VMIM %s/%s of VMI %s", namespace, name, vmi_name)

@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from kubevirt_sim.controllers import vmsync
-from kubevirt_sim.controllers.manager import VMIRuntime
+from kubevirt_sim.controllers.manager import VMIRuntime, delete_if_present
 from kubevirt_sim.controllers.objects import (
     is_absent,
     is_deleting,
@@ -52,7 +52,7 @@ class VMController:
         if vm is None or is_deleting(vm):
             if vmi is not None and _owned_by(vmi, vm) and not is_deleting(vmi):
                 logger.info("deleting VMI %s/%s because its VM is gone", namespace, name)
-                self.store.delete("virtualmachineinstances", namespace, name, actor=ACTOR)
+                delete_if_present(self.store, "virtualmachineinstances", namespace, name, ACTOR)
             return
 
         if self._handle_state_change_request(vm, vmi):
@@ -71,7 +71,7 @@ class VMController:
             if not is_deleting(vmi):
                 logger.info("stopping VM %s/%s (runStrategy %s, VMI phase %s)", namespace, name, strategy,
                             vmi.get("status", {}).get("phase"))
-                self.store.delete("virtualmachineinstances", namespace, name, actor=ACTOR)
+                delete_if_present(self.store, "virtualmachineinstances", namespace, name, ACTOR)
         elif not is_deleting(vmi):
             self._sync_vmi(vm, vmi)
             self._clear_absent(namespace, name, self.store.try_get("virtualmachineinstances", namespace, name))
@@ -96,7 +96,7 @@ class VMController:
         if action == "Stop" and vmi is not None and request.get("uid") in (None, vmi["metadata"].get("uid")):
             if not is_deleting(vmi):
                 logger.info("VM %s/%s: stop requested, deleting VMI uid %s", namespace, name, vmi["metadata"].get("uid"))
-                self.store.delete("virtualmachineinstances", namespace, name, actor=ACTOR)
+                delete_if_present(self.store, "virtualmachineinstances", namespace, name, ACTOR)
             return True
         if action == "Start" and vmi is not None:
             return True

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from kubevirt_sim import naming
 from kubevirt_sim.controllers import network, pods, scheduling
-from kubevirt_sim.controllers.manager import VMIRuntime
+from kubevirt_sim.controllers.manager import VMIRuntime, delete_if_present
 from kubevirt_sim.controllers.objects import (
     INFO_DOMAIN,
     INFO_GUEST_AGENT,
@@ -328,7 +328,7 @@ class VMIController:
         existing, _ = self.store.list("pods", namespace, label_selector=f"{pods.CREATED_BY_LABEL}={vmi['metadata']['uid']}")
         for pod in existing:
             if not is_deleting(pod):
-                self.store.delete("pods", namespace, pod["metadata"]["name"], actor=ACTOR)
+                delete_if_present(self.store, "pods", namespace, pod["metadata"]["name"], ACTOR)
 
         def shut_down(current: dict) -> bool:
             changed = False

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from kubevirt_sim import naming
-from kubevirt_sim.controllers import handlersync, network, scheduling, vmsync
+from kubevirt_sim.controllers import handlersync, harvester, migration, network, scheduling, vmsync, workload
+from kubevirt_sim.controllers import vmi as vmi_controller
 from kubevirt_sim.controllers.objects import find_condition, find_status_interface, info_sources
 from kubevirt_sim.faults import ClusterFaults
 
@@ -468,3 +469,85 @@ def test_faults_clear_restores_nodes():
     assert faults.node_ready_override("node-2") is True
     assert not faults.agent_disconnected("default", "web-01")
     assert len(calls) == 3
+
+
+# Harvester rules
+
+
+def test_observed_macs_sorted(vmi):
+    assert harvester.observed_macs(vmi) == '{"default":"02:3c:8e:41:7a:10","nic-vlan100":"06:b2:19:c4:55:e1"}'
+
+
+def test_observed_macs_skip_detached(vmi):
+    set_state(vmi["spec"], "nic-vlan100", "absent")
+    handlersync.detach_absent(vmi)
+    assert harvester.observed_macs(vmi) == '{"default":"02:3c:8e:41:7a:10"}'
+
+
+def test_backfill_fills_missing():
+    legacy_vm = load("vm-db-legacy.yaml", "VirtualMachine")
+    macs = json.loads(legacy_vm["metadata"]["annotations"]["harvesterhci.io/mac-address"])
+    assert harvester.backfill_macs(legacy_vm, macs) == ["default", "nic-vlan100"]
+    interfaces = legacy_vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
+    assert [i["macAddress"] for i in interfaces] == ["02:11:22:33:44:01", "02:11:22:33:44:02"]
+
+
+def test_backfill_keeps_spec_mac(vm):
+    assert harvester.backfill_macs(vm, {"default": "02:00:00:00:00:99", "nic-vlan100": "06:b2:19:c4:55:e1"}) == []
+    assert vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][0]["macAddress"] == "02:3c:8e:41:7a:10"
+
+
+def test_backfill_unobserved(vm):
+    hot_plug(vm, mac="")
+    assert harvester.backfill_macs(vm, {}) == []
+    assert vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"][-1]["macAddress"] == ""
+
+
+def test_migration_state_annotation():
+    assert harvester.migration_state_annotation({"status": {}}) == "Pending migration"
+    assert harvester.migration_state_annotation({"status": {"phase": "Pending"}}) == "Pending migration"
+    assert harvester.migration_state_annotation({"status": {"phase": "Scheduling"}}) == "Migrating"
+    assert harvester.migration_state_annotation({"status": {"phase": "Running"}}) == "Migrating"
+    deleting = {"metadata": {"deletionTimestamp": "2026-05-04T10:15:00Z"}, "status": {"phase": "Running"}}
+    assert harvester.migration_state_annotation(deleting) == "Aborting migration"
+
+
+# Migration and workload updater rules
+
+
+def test_migration_limits_default():
+    assert migration.migration_limits({}) == (5, 2)
+
+
+def test_migration_limits_fixture():
+    kubevirt = load("cluster.yaml", "KubeVirt")
+    kubevirt["spec"]["configuration"]["migrations"]["parallelMigrationsPerCluster"] = 3
+    assert migration.migration_limits(kubevirt) == (3, 2)
+
+
+def test_phase_shares_sum():
+    assert sum(migration.PHASE_SHARE.values()) == pytest.approx(1.0)
+
+
+def test_backoff_doubles():
+    assert workload.backoff_seconds(0) == 0
+    assert workload.backoff_seconds(1) == 20
+    assert workload.backoff_seconds(2) == 40
+    assert workload.backoff_seconds(3) == 80
+    assert workload.backoff_seconds(10) == workload.BACKOFF_MAX_SECONDS
+
+
+def test_migratable_bindings():
+    kubevirt = {"spec": {"configuration": {"network": {"binding": {
+        "managedtap": {"domainAttachmentType": "managedTap", "migration": {}},
+        "passt": {"sidecarImage": "passt"},
+    }}}}}
+    assert vmi_controller.migratable_bindings(kubevirt) == {"managedtap"}
+
+
+def test_target_spec_added_selector(vmi, nodes):
+    migration_object = {"spec": {"vmiName": "web-01", "addedNodeSelector": {"kubernetes.io/hostname": "node-3"}}}
+    spec = migration.target_spec(vmi, migration_object)
+    assert spec["nodeSelector"] == {"kubernetes.io/hostname": "node-3"}
+    assert scheduling.candidate_nodes(spec, nodes, exclude="node-1") == []
+    assert "nodeSelector" not in vmi["spec"]
