@@ -531,9 +531,32 @@ class ClusterActivities:
     def undo(self, request: UndoInput) -> StepResult:
         """Put the VM spec back as it was before the operation and wait until KubeVirt has caught up."""
         ref = request.ref
-        if ref.kind == OperationKind.HOTPLUG:
-            return self._undo_hotplug(ref)
-        return self._undo_unplug(ref, request)
+        aborted = self._abort_own_migrations(ref)
+        result = self._undo_hotplug(ref) if ref.kind == OperationKind.HOTPLUG else self._undo_unplug(ref, request)
+        if aborted:
+            result.details["aborted_migrations"] = aborted
+        return result
+
+    def _abort_own_migrations(self, ref: OperationRef) -> list[str]:
+        """Abort (delete) this operation's unfinished VMIMs and wait until KubeVirt has let go of them."""
+        aborted = []
+        for migration in self.kube.list_migrations(ref.vm_namespace, ref.vm_name):
+            labels = migration["metadata"].get("labels") or {}
+            if labels.get("nicflow.io/operation-id") != ref.operation_id:
+                continue
+            if migration.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                continue
+            name = migration["metadata"]["name"]
+            self.kube.delete_migration(ref.vm_namespace, name)
+            aborted.append(name)
+            logger.info("undo aborted migration %s for %s", name, _context(ref))
+        for name in aborted:
+            while True:
+                current = self.kube.get_migration(ref.vm_namespace, name)
+                if current is None or current.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                    break
+                self._sleep({"waiting": "migration-abort", "migration": name})
+        return aborted
 
     def _undo_hotplug(self, ref: OperationRef) -> StepResult:
         def build(vm: dict) -> list[dict]:

@@ -79,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
         _add_request_flags(planned, reason_required=False)
         planned.add_argument("-o", "--output", choices=("text", "json"), default="text", help="output format (default text)")
 
+    cancel = commands.add_parser("cancel", help="cancel a running operation; its change is undone")
+    cancel.add_argument("operation_id")
+    cancel.add_argument("--no-wait", action="store_true", help="return once the cancellation is requested")
+    _add_connection_flags(cancel)
+
     status = commands.add_parser("status", help="show an operation and its steps")
     status.add_argument("operation_id")
     _add_connection_flags(status)
@@ -184,6 +189,30 @@ async def _status(settings: Settings, operation_id: str) -> int:
     _print_operation(row)
     _print_events(ledger, operation_id)
     return EXIT_OK if row.status in ("succeeded", "running") else EXIT_FAILED
+
+
+async def _cancel(settings: Settings, operation_id: str, wait: bool) -> int:
+    import worker as worker_module
+    from nicflow import operations
+
+    row = _ledger(settings).get_operation(operation_id)
+    if row is None or not row.workflow_id:
+        print(f"operation {operation_id} not found in the ledger; list them with `nicflow ledger list`")
+        return EXIT_FAILED
+    if row.status != "running":
+        print(f"operation {operation_id} already ended with status {row.status}; nothing to cancel")
+        return EXIT_FAILED
+
+    client = await worker_module.connect(settings)
+    handle = client.get_workflow_handle(row.workflow_id, run_id=row.run_id, result_type=OperationResult)
+    await handle.cancel()
+    print(f"cancellation of operation {operation_id} requested; the change is being undone")
+    if not wait:
+        return EXIT_OK
+    result = await operations.follow(handle, lambda report: print(operations.format_step(report)))
+    for line in operations.describe_result(result):
+        print(line)
+    return EXIT_OK if result.status == "cancelled" else EXIT_FAILED
 
 
 async def _dev(args: argparse.Namespace) -> int:
@@ -322,6 +351,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(_run_operation(_settings(args), request, wait=not args.no_wait))
     if args.command == "status":
         return asyncio.run(_status(_settings(args), args.operation_id))
+    if args.command == "cancel":
+        return asyncio.run(_cancel(_settings(args), args.operation_id, wait=not args.no_wait))
     if args.command == "ledger":
         ledger = _ledger(_settings(args))
         if args.ledger_command == "verify":

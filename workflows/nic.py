@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.workflow import ActivityCancellationType
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
@@ -74,6 +75,12 @@ def _requested_mac(request: NicRequest) -> str | None:
         return None
 
 
+def _raise_if_cancelled(error: ActivityError) -> None:
+    """Turn an activity that ended because the workflow was cancelled back into a cancellation."""
+    if isinstance(error.cause, CancelledError):
+        raise asyncio.CancelledError() from error
+
+
 def _failure_type(error: BaseException) -> str:
     cause = error.cause if isinstance(error, ActivityError) else error
     if isinstance(cause, ApplicationError) and cause.type:
@@ -89,6 +96,8 @@ class NicWorkflow:
     def __init__(self) -> None:
         self._progress: Progress | None = None
         self._sequence = 0
+        self._patch_started = False
+        self._validation: ValidateResult | None = None
 
     @workflow.query(name="progress")
     def progress(self) -> Progress | None:
@@ -205,7 +214,20 @@ class NicWorkflow:
             mac=getattr(request, "mac", None),
             allow_restart=request.allow_restart,
         )
+        try:
+            result = await self._run_steps(request, ref)
+        except (asyncio.CancelledError, CancelledError) as error:
+            if self._patch_started and self._validation is not None:
+                return await self._undo(request, ref, self._validation, error)
+            message = "the operation was cancelled before the VM spec changed; nothing to undo"
+            await asyncio.shield(self._record(Step.UNDO, Outcome.SKIPPED, message, workflow.now()))
+            return await asyncio.shield(
+                self._finish(request, OperationStatus.CANCELLED, message, reason_code="CANCELLED", mac=ref.mac)
+            )
+        workflow.logger.info("operation %s took %.1f s", request.operation_id, (workflow.now() - started).total_seconds())
+        return result
 
+    async def _run_steps(self, request: NicRequest, ref: OperationRef) -> OperationResult:
         # Step 1: validate every rule before anything changes.
         self._progress.current_step = Step.VALIDATE
         step_started = workflow.now()
@@ -217,6 +239,7 @@ class NicWorkflow:
             return await self._finish(request, OperationStatus.REJECTED, validation.message,
                                       reason_code=validation.reason_code)
         ref.mac = validation.mac
+        self._validation = validation
         await self._record(Step.VALIDATE, Outcome.SUCCEEDED, validation.message, step_started,
                            {**verdicts, "mac_generated": validation.mac_generated,
                             "operation": {"mac": validation.mac, "cluster_network": validation.cluster_network,
@@ -231,6 +254,7 @@ class NicWorkflow:
                     "backfill", BackfillInput(ref=ref, missing_macs=validation.missing_macs), StepResult, policies.BACKFILL
                 )
             except ActivityError as error:
+                _raise_if_cancelled(error)
                 message = f"backfill failed: {_failure_message(error)}"
                 await self._record(Step.BACKFILL, Outcome.FAILED, message, step_started, {"error_type": _failure_type(error)})
                 return await self._finish(request, OperationStatus.FAILED, message, reason_code="BACKFILL_FAILED")
@@ -238,12 +262,15 @@ class NicWorkflow:
         else:
             await self._record(Step.BACKFILL, Outcome.SKIPPED, "every interface has a MAC in the VM spec", step_started)
 
-        # Step 3: patch the VM spec once, with optimistic concurrency.
+        # Step 3: patch the VM spec once, with optimistic concurrency. From here on a failure or
+        # a cancellation runs the undo, because the patch may have landed.
         self._progress.current_step = Step.PATCH
         step_started = workflow.now()
+        self._patch_started = True
         try:
             patched: StepResult = await self._activity("patch_spec", ref, StepResult, policies.PATCH)
         except ActivityError as error:
+            _raise_if_cancelled(error)
             message = f"patching the VM spec failed: {_failure_message(error)}"
             await self._record(Step.PATCH, Outcome.FAILED, message, step_started, {"error_type": _failure_type(error)})
             return await self._finish(request, OperationStatus.FAILED, message, reason_code="PATCH_FAILED", mac=ref.mac)
@@ -254,18 +281,16 @@ class NicWorkflow:
             message = f"VM {request.vm} is stopped: the spec is changed and interface {request.interface} {when}"
             return await self._finish(request, OperationStatus.SUCCEEDED, message, mode=Mode.COLD, mac=ref.mac)
 
-        # Steps 4 and 5: migrate and verify; a failure or a cancellation from here on is undone.
+        # Steps 4 and 5: migrate and verify; a failure from here on is undone.
         try:
             verified = await self._migrate_and_verify(request, ref)
-        except (StepFailed, asyncio.CancelledError, CancelledError) as error:
+        except StepFailed as error:
             return await self._undo(request, ref, validation, error)
 
-        message = verified.message
-        status = OperationStatus.SUCCEEDED
-        warnings = [verified.warning] if verified.warning else []
         self._progress.current_step = None
-        workflow.logger.info("operation %s took %.1f s", request.operation_id, (workflow.now() - started).total_seconds())
-        return await self._finish(request, status, message, mac=ref.mac, guest_name=verified.guest_interface_name, warnings=warnings)
+        warnings = [verified.warning] if verified.warning else []
+        return await self._finish(request, OperationStatus.SUCCEEDED, verified.message, mac=ref.mac,
+                                  guest_name=verified.guest_interface_name, warnings=warnings)
 
     async def _migrate_and_verify(self, request: NicRequest, ref: OperationRef) -> VerifyResult:
         self._progress.current_step = Step.MIGRATE
@@ -275,6 +300,7 @@ class NicWorkflow:
             try:
                 migration = await self._activity("migrate", MigrateInput(ref=ref, attempt=attempt), MigrateResult, policies.MIGRATE)
             except ActivityError as error:
+                _raise_if_cancelled(error)
                 message = f"migration failed: {_failure_message(error)}"
                 await self._record(Step.MIGRATE, Outcome.FAILED, message, step_started, {"error_type": _failure_type(error)})
                 raise StepFailed(Step.MIGRATE, message, "MIGRATION_FAILED") from error
@@ -304,8 +330,10 @@ class NicWorkflow:
                 start_to_close_timeout=timedelta(seconds=request.verify_timeout_seconds) + policies.VERIFY_MARGIN,
                 heartbeat_timeout=policies.VERIFY_HEARTBEAT,
                 retry_policy=policies.CLUSTER_RETRY,
+                cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             )
         except ActivityError as error:
+            _raise_if_cancelled(error)
             message = f"verification failed: {_failure_message(error)}"
             await self._record(Step.VERIFY, Outcome.FAILED, message, step_started, {"error_type": _failure_type(error)})
             raise StepFailed(Step.VERIFY, message, "VERIFY_FAILED") from error

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,13 @@ class ActivityPolicy:
     heartbeat: timedelta | None = None
 
     def options(self) -> dict:
-        options: dict = {"start_to_close_timeout": self.start_to_close, "retry_policy": self.retry}
+        # A cancelled operation waits for a running activity to end before its undo reads the
+        # VM, so that a patch still in flight cannot land after the undo.
+        options: dict = {
+            "start_to_close_timeout": self.start_to_close,
+            "retry_policy": self.retry,
+            "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        }
         if self.heartbeat is not None:
             options["heartbeat_timeout"] = self.heartbeat
         return options
@@ -63,20 +70,21 @@ PATCH = ActivityPolicy(timedelta(minutes=1), CLUSTER_RETRY)
 
 # A VM restart waits for the new VMI to be Running and Ready, which takes minutes on a real node
 # (image pull, boot); 15 minutes bounds it. Heartbeats every poll show that the worker is alive.
-BACKFILL = ActivityPolicy(timedelta(minutes=15), CLUSTER_RETRY, heartbeat=timedelta(seconds=30))
+BACKFILL = ActivityPolicy(timedelta(minutes=15), CLUSTER_RETRY, heartbeat=timedelta(seconds=10))
 
 # KubeVirt fails a migration whose target pod stays unschedulable for 5 minutes, and allows
 # 150 s per GiB of memory to complete; 30 minutes covers a 8 GiB VM plus scheduling. The
-# heartbeat timeout makes a killed worker's migration resume on another worker within 30 s.
-MIGRATE = ActivityPolicy(timedelta(minutes=30), CLUSTER_RETRY, heartbeat=timedelta(seconds=30))
+# heartbeat timeout makes a killed worker's migration resume on another worker within 10 s,
+# and a cancellation reach the activity within 8 s (Temporal sends heartbeats at 80% of it).
+MIGRATE = ActivityPolicy(timedelta(minutes=30), CLUSTER_RETRY, heartbeat=timedelta(seconds=10))
 
 # Verification polls the VMI status until its own deadline (VerifyInput.timeout_seconds), so the
 # activity timeout only needs room above that deadline.
 VERIFY_MARGIN = timedelta(minutes=2)
-VERIFY_HEARTBEAT = timedelta(seconds=30)
+VERIFY_HEARTBEAT = timedelta(seconds=10)
 
 # An undo patches the spec and may need its own migration to drop a network from the pod.
-UNDO = ActivityPolicy(timedelta(minutes=30), CLUSTER_RETRY, heartbeat=timedelta(seconds=30))
+UNDO = ActivityPolicy(timedelta(minutes=30), CLUSTER_RETRY, heartbeat=timedelta(seconds=10))
 
 # Ledger writes: a single short transaction each; the retry policy above carries outages.
 LEDGER = ActivityPolicy(timedelta(seconds=30), LEDGER_RETRY)
