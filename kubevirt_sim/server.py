@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import select
+import socket
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -344,6 +346,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             query.get("fieldSelector"),
             timeout,
             stop=self.server.stopping,
+            alive=self._client_connected,
         )
         table = self._wants_table()
         self.send_response(200)
@@ -363,6 +366,16 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             logger.debug("watch client on %s went away", route.resource.plural)
             self.close_connection = True
+
+    def _client_connected(self) -> bool:
+        """Tell whether the watch client still holds the connection (a closed socket reads as empty)."""
+        try:
+            readable, _, _ = select.select([self.connection], [], [], 0)
+            if not readable:
+                return True
+            return bool(self.connection.recv(1, socket.MSG_PEEK))
+        except OSError:
+            return False
 
     def _wants_table(self) -> bool:
         """Tell whether the Accept header puts a meta.k8s.io Table first, as `kubectl get` does."""

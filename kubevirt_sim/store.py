@@ -490,14 +490,15 @@ class Store:
         field_selector: str | None = None,
         timeout_seconds: float | None = None,
         stop: threading.Event | None = None,
+        alive: Callable[[], bool] | None = None,
     ) -> Iterator[dict]:
         """Yield watch events `{"type", "object"}` after `resource_version`, in commit order.
 
         Without a resourceVersion (or with "0") the current objects come first as ADDED events.
         An object that starts or stops matching the selectors arrives as ADDED or DELETED. A
         resourceVersion older than the kept history yields one ERROR event with a 410 Status.
-        The iterator ends after `timeout_seconds` real seconds, when `stop` is set or when the
-        store closes.
+        The iterator ends after `timeout_seconds` real seconds, when `stop` is set, when the
+        store closes, or when `alive()` (checked about twice a second while idle) returns False.
         """
         resource = _resource(plural)
         labels = parse_label_selector(label_selector)
@@ -520,7 +521,7 @@ class Store:
                 initial = []
                 if last < self._compacted:
                     expired = errors.gone(f"too old resource version: {last} ({self._compacted})").status()
-        return self._stream(plural, namespace, labels, fields, last, initial, expired, deadline, stop)
+        return self._stream(plural, namespace, labels, fields, last, initial, expired, deadline, stop, alive)
 
     def _stream(
         self,
@@ -533,6 +534,7 @@ class Store:
         expired: dict | None,
         deadline: float | None,
         stop: threading.Event | None,
+        alive: Callable[[], bool] | None,
     ) -> Iterator[dict]:
         if expired is not None:
             yield {"type": "ERROR", "object": expired}
@@ -545,6 +547,8 @@ class Store:
                 batch = self._events_after(last)
                 if not batch:
                     if self._closed.is_set() or (stop is not None and stop.is_set()):
+                        return
+                    if alive is not None and not alive():
                         return
                     remaining = None if deadline is None else deadline - time.monotonic()
                     if remaining is not None and remaining <= 0:

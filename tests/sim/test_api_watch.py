@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
+import threading
+import time
+
 from kubernetes import watch
 from kubernetes.client import CustomObjectsApi
 
@@ -107,3 +111,24 @@ def test_store_subscribers_see_commit_order():
     store.patch("nodes", None, "a", "merge", {"metadata": {"labels": {"x": "y"}}}, actor="test")
 
     assert seen == [("ADDED", "a", None), ("ADDED", "b", None), ("MODIFIED", "a", "1")]
+
+
+def test_watch_ends_when_client_leaves(sim):
+    before = threading.active_count()
+    connection = http.client.HTTPConnection("127.0.0.1", int(sim.url.rsplit(":", 1)[1]))
+    connection.request(
+        "GET", "/apis/kubevirt.io/v1/namespaces/default/virtualmachines?watch=true&resourceVersion=1&timeoutSeconds=600"
+    )
+    response = connection.getresponse()
+    assert response.status == 200
+    during = threading.active_count()
+    connection.close()
+
+    # The server notices the closed socket on its next idle check, about twice a second.
+    for _ in range(50):
+        if threading.active_count() < during:
+            break
+        time.sleep(0.1)
+
+    assert during > before
+    assert threading.active_count() < during
