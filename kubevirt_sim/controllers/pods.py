@@ -31,9 +31,10 @@ def launcher_pod(vmi: dict, networks: list[dict], pod_ip: str, primary_mac: str,
     """Build a virt-launcher pod for a VMI.
 
     `networks` is the pod's Multus networks annotation. Thin Multus writes the network-status once,
-    at creation: from `secondary_status` when given (a pod rebuilt to match a loaded VMI), else
-    from `networks`. A migration target pod (`migration_uid` set) gets a required anti-affinity
-    against the VMI's other pods, so it never lands on the source node.
+    when the pod starts on its node: from `secondary_status` when given (a pod rebuilt to match a
+    loaded VMI), else from `networks`. A pod built with no node gets it later from
+    `network_status_annotation`. A migration target pod (`migration_uid` set) gets a required
+    anti-affinity against the VMI's other pods, so it never lands on the source node.
     """
     metadata = vmi.get("metadata", {})
     status_networks = networks if secondary_status is None else secondary_status
@@ -68,7 +69,7 @@ def launcher_pod(vmi: dict, networks: list[dict], pod_ip: str, primary_mac: str,
     if node_name:
         spec["nodeName"] = node_name
 
-    return {
+    pod = {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {
@@ -78,7 +79,6 @@ def launcher_pod(vmi: dict, networks: list[dict], pod_ip: str, primary_mac: str,
             "annotations": {
                 DOMAIN_ANNOTATION: metadata.get("name", ""),
                 NETWORKS_ANNOTATION: json.dumps(networks, separators=(",", ":")),
-                NETWORK_STATUS_ANNOTATION: json.dumps(pod_network_status(status_networks, pod_ip, primary_mac), indent=1),
             },
             "ownerReferences": [{
                 "apiVersion": "kubevirt.io/v1",
@@ -92,6 +92,25 @@ def launcher_pod(vmi: dict, networks: list[dict], pod_ip: str, primary_mac: str,
         "spec": spec,
         "status": running_pod_status(pod_ip) if node_name else pending_pod_status(),
     }
+    if node_name:
+        pod["metadata"]["annotations"][NETWORK_STATUS_ANNOTATION] = network_status_annotation(
+            status_networks, pod_ip, primary_mac)
+    return pod
+
+
+def network_status_annotation(networks: list[dict], pod_ip: str, primary_mac: str) -> str:
+    """Return the network-status annotation value for a pod's Multus `networks` entries."""
+    return json.dumps(pod_network_status(networks, pod_ip, primary_mac), indent=1)
+
+
+def networks_of(pod: dict) -> list[dict]:
+    """Return a pod's Multus networks annotation as a list (empty when missing or invalid)."""
+    raw = pod.get("metadata", {}).get("annotations", {}).get(NETWORKS_ANNOTATION) or "[]"
+    try:
+        networks = json.loads(raw)
+    except ValueError:
+        return []
+    return networks if isinstance(networks, list) else []
 
 
 def running_pod_status(pod_ip: str, host_ip: str | None = None) -> dict:
