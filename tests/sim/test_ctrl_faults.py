@@ -77,6 +77,9 @@ def test_unschedulable_target_fails(manual):
     state = manual.vmi()["status"]["migrationState"]
     assert finished["status"]["phase"] == "Failed"
     assert phases_of(finished) == ["Pending", "Scheduling", "Failed"]
+    stamps = {t["phase"]: parse_time(t["phaseTransitionTimestamp"]) for t in finished["status"]["phaseTransitionTimestamps"]}
+    # KubeVirt's unschedulable timeout is 5 simulated minutes; timestamps have second precision.
+    assert (stamps["Failed"] - stamps["Scheduling"]).total_seconds() >= 299
     assert state["failed"] is True
     assert state["failureReason"] == "Migration target pod for VMI [default/web-01] is currently unschedulable."
     assert manual.vmi()["status"]["nodeName"] == "node-1"
