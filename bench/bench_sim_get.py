@@ -22,7 +22,7 @@ import yaml
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The editable install in .venv registers kubevirt_sim as a namespace package, which hides
-# Simulator when the script runs from bench/; the project root first on the path avoids that.
+# Simulator when the script runs from bench/. Putting the project root first avoids that.
 sys.path.insert(0, str(PROJECT_ROOT))
 
 from kubevirt_sim import Simulator  # noqa: E402

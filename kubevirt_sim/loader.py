@@ -1,4 +1,4 @@
-"""Load multi-document YAML manifests into the store, as `kubectl create` of saved objects would, keeping their status."""
+"""Load multi-document YAML manifests into the store as saved cluster state, status included."""
 
 from __future__ import annotations
 

@@ -59,7 +59,7 @@ RESOURCES: dict[str, Resource] = {
             status_subresource=True, categories=("all",),
             field_selectors=_METADATA_FIELDS + ("status.printableStatus",),
         ),
-        # The KubeVirt 1.6 VirtualMachineInstance CRD declares no status subresource, so a VMI
+        # KubeVirt's crds.go declares no status subresource for the VirtualMachineInstance CRD, so a VMI
         # update writes spec and status together and any status change bumps its generation.
         Resource(
             "kubevirt.io", "v1", "VirtualMachineInstance", "virtualmachineinstances", True, ("vmi", "vmis"),
@@ -127,7 +127,8 @@ def resource_for_path(group: str, version: str, plural: str) -> Resource | None:
 
 # Columns after Name: (name, type, priority, value). A value is a dotted path into the object, a
 # path with `[type=X]` selecting a condition, or a special value computed from the whole object.
-# The KubeVirt columns are the additionalPrinterColumns of the KubeVirt 1.6 CRDs.
+# The KubeVirt columns are the additionalPrinterColumns that KubeVirt's crds.go (virt-operator)
+# declares for its CRDs.
 PRINTER_COLUMNS: dict[str, list[tuple[str, str, int, str]]] = {
     "virtualmachines": [
         ("Age", "date", 0, "metadata.creationTimestamp"),
@@ -213,7 +214,12 @@ def human_duration(seconds: float) -> str:
 def _cell(obj: dict, kind: str, value: str, now: datetime) -> Any:
     if value == "@node-status":
         ready = _lookup(obj, "status.conditions[type=Ready].status")
-        status = "Ready" if ready == "True" else ("NotReady" if ready else "Unknown")
+        if ready == "True":
+            status = "Ready"
+        elif ready:
+            status = "NotReady"
+        else:
+            status = "Unknown"
         if obj.get("spec", {}).get("unschedulable"):
             status += ",SchedulingDisabled"
         return status

@@ -1,4 +1,4 @@
-"""HTTP faults answered to API clients, and the /sim control endpoint."""
+"""HTTP faults returned to API clients, and the /sim control endpoint."""
 
 from __future__ import annotations
 

@@ -105,7 +105,8 @@ def test_create_generate_name(custom):
 
     assert name.startswith("web-01-hotplug-")
     assert len(name) == len("web-01-hotplug-") + 5
-    assert name[-5:].isalnum() and name[-5:].islower()
+    assert name[-5:].isalnum()
+    assert name[-5:].islower()
     assert created["metadata"]["generation"] == 1
     assert created["metadata"]["uid"]
     assert created["metadata"]["creationTimestamp"].endswith("Z")

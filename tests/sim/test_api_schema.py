@@ -19,7 +19,7 @@ KUBEVIRT = ("kubevirt.io", "v1")
 
 @pytest.fixture
 def checked(kubevirt_schema_path: Path, tmp_path: Path) -> Iterator[CustomObjectsApi]:
-    """A client of a simulator that validates writes against the shared KubeVirt schema."""
+    """A client of a simulator that validates writes against the KubeVirt 1.6.6 schema."""
     with Simulator([HARVESTER_FIXTURES], controllers=False, admission=False, schema_path=kubevirt_schema_path) as sim:
         client = kubernetes.config.new_client_from_config(config_file=str(sim.write_kubeconfig(tmp_path / "kc")))
         try:
