@@ -21,6 +21,7 @@ from nicflow.kube import KubeVirtClient
 from nicflow.ledger import Ledger
 from nicflow.settings import Settings
 from workflows.nic import HotplugNic, UnplugNic
+from workflows.queue import NicQueue
 
 logger = logging.getLogger("nicflow.worker")
 
@@ -45,7 +46,7 @@ def build_worker(client: Client, settings: Settings, *, poll_seconds: float = 1.
     return Worker(
         client,
         task_queue=settings.task_queue,
-        workflows=[HotplugNic, UnplugNic],
+        workflows=[HotplugNic, UnplugNic, NicQueue],
         activities=[
             cluster.validate,
             cluster.backfill,

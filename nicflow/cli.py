@@ -51,6 +51,8 @@ def _add_request_flags(parser: argparse.ArgumentParser, reason_required: bool = 
     parser.add_argument("--request-id", help="idempotency key: a repeated request id returns the first result")
     parser.add_argument("--allow-restart", action="store_true", help="allow a VM restart to write missing MACs into its spec")
     parser.add_argument("--no-wait", action="store_true", help="print the operation id and return at once")
+    parser.add_argument("--queue", action="store_true",
+                        help="when the VM is busy, queue the request behind the running operation instead of rejecting it")
     parser.add_argument("--verify-timeout", type=float, default=300.0, metavar="SECONDS",
                         help="how long to wait for the interface to show in the guest (default 300)")
     _add_connection_flags(parser)
@@ -137,11 +139,23 @@ def _request(args: argparse.Namespace, kind: str) -> NicRequest:
         raise UsageError("; ".join(messages)) from None
 
 
-async def _run_operation(settings: Settings, request: NicRequest, wait: bool, out=print) -> int:
+async def _run_operation(settings: Settings, request: NicRequest, wait: bool, queue: bool = False, out=print) -> int:
     import worker as worker_module
     from nicflow import operations
 
     client = await worker_module.connect(settings)
+    if queue:
+        queue_handle = await operations.enqueue_operation(client, settings.task_queue, request)
+        out(f"operation {request.operation_id} queued (request {request.request_id}, queue {queue_handle.id})")
+        if not wait:
+            return EXIT_OK
+        result = await operations.follow_queued(
+            client, queue_handle, request, lambda report: out(operations.format_step(report)), out
+        )
+        for line in operations.describe_result(result):
+            out(line)
+        return operations.exit_code(result)
+
     try:
         handle = await operations.start_operation(client, settings.task_queue, request)
     except operations.VmBusy as busy:
@@ -348,7 +362,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _plan(args)
     if args.command in ("hotplug", "unplug"):
         request = _request(args, args.command)
-        return asyncio.run(_run_operation(_settings(args), request, wait=not args.no_wait))
+        return asyncio.run(_run_operation(_settings(args), request, wait=not args.no_wait, queue=args.queue))
     if args.command == "status":
         return asyncio.run(_status(_settings(args), args.operation_id))
     if args.command == "cancel":

@@ -173,3 +173,40 @@ class Progress(BaseModel):
     current_step: Step | None = None
     steps: list[StepReport] = Field(default_factory=list)
     result: OperationResult | None = None
+
+
+class QueuedRequest(BaseModel):
+    """A request waiting in a VM's queue: exactly one of the two fields is set."""
+
+    hotplug: HotplugRequest | None = None
+    unplug: UnplugRequest | None = None
+
+    @classmethod
+    def of(cls, request: NicRequest) -> "QueuedRequest":
+        if isinstance(request, HotplugRequest):
+            return cls(hotplug=request)
+        return cls(unplug=request)
+
+    def request(self) -> NicRequest:
+        found = self.hotplug or self.unplug
+        if found is None:
+            raise ValueError("a queued request carries neither a hot-plug nor an unplug")
+        return found
+
+    def workflow_name(self) -> str:
+        return "HotplugNic" if self.hotplug is not None else "UnplugNic"
+
+
+class QueueState(BaseModel):
+    """Operations of a VM's queue: waiting, running and finished."""
+
+    pending: list[str] = Field(default_factory=list)
+    current: str | None = None
+    # False while the current request waits for an operation started outside the queue.
+    current_started: bool = False
+    results: dict[str, OperationResult] = Field(default_factory=dict)
+
+
+def queue_workflow_id_for(vm: str) -> str:
+    namespace, name = parse_namespaced_name(vm, "VM")
+    return f"nic-queue/{namespace}/{name}"

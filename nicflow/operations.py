@@ -17,7 +17,10 @@ from nicflow.models import (
     OperationResult,
     OperationStatus,
     Progress,
+    QueuedRequest,
+    QueueState,
     StepReport,
+    queue_workflow_id_for,
     workflow_id_for,
 )
 
@@ -31,7 +34,8 @@ class VmBusy(Exception):
     def __init__(self, vm: str, operation_id: str | None) -> None:
         running = f"operation {operation_id}" if operation_id else "another operation"
         super().__init__(
-            f"VM {vm} is busy with {running}; wait for it (nicflow status {operation_id or '<id>'}) and try again"
+            f"VM {vm} is busy with {running}; wait for it (nicflow status {operation_id or '<id>'}) and try again, "
+            "or add --queue to run this request after it"
         )
         self.operation_id = operation_id
 
@@ -60,6 +64,52 @@ async def start_operation(client: Client, task_queue: str, request: NicRequest) 
             logger.info("request %s is already running as %s; following it", request.request_id, progress.operation_id)
             return handle
         raise VmBusy(request.vm, progress.operation_id if progress else None) from None
+
+
+async def enqueue_operation(client: Client, task_queue: str, request: NicRequest) -> WorkflowHandle:
+    """Put a request in its VM's queue, starting the queue if it is not running (signal-with-start)."""
+    return await client.start_workflow(
+        "NicQueue",
+        id=queue_workflow_id_for(request.vm),
+        task_queue=task_queue,
+        result_type=QueueState,
+        start_signal="enqueue",
+        start_signal_args=[QueuedRequest.of(request)],
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+    )
+
+
+async def follow_queued(client: Client, queue: WorkflowHandle, request: NicRequest,
+                        on_step: Callable[[StepReport], None], on_wait: Callable[[str], None],
+                        poll_seconds: float = 0.5) -> OperationResult:
+    """Wait until the queue has run the request, reporting the wait and then each step."""
+    printed = 0
+    announced = False
+    while True:
+        try:
+            state = await queue.query("state", result_type=QueueState)
+        except RPCError as error:
+            logger.debug("state query of %s failed: %s", queue.id, error)
+            state = None
+        if state is not None:
+            if request.operation_id in state.results:
+                result = state.results[request.operation_id]
+                for report in result.steps[printed:]:
+                    on_step(report)
+                return result
+            if state.current == request.operation_id and state.current_started:
+                progress = await query_progress(client.get_workflow_handle(workflow_id_for(request.vm)))
+                if progress is not None and progress.operation_id == request.operation_id:
+                    for report in progress.steps[printed:]:
+                        on_step(report)
+                    printed = max(printed, len(progress.steps))
+            elif not announced:
+                ahead = state.pending.index(request.operation_id) if request.operation_id in state.pending else 0
+                running = 1 if state.current != request.operation_id or not state.current_started else 0
+                on_wait(f"queued behind {ahead + running} operation(s) on VM {request.vm}")
+                announced = True
+        await asyncio.sleep(poll_seconds)
 
 
 async def query_progress(handle: WorkflowHandle) -> Progress | None:
@@ -123,4 +173,6 @@ __all__ = [
     "format_step",
     "query_progress",
     "start_operation",
+    "enqueue_operation",
+    "follow_queued",
 ]
