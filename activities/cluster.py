@@ -53,11 +53,19 @@ def _context(ref: OperationRef) -> str:
     return f"operation={ref.operation_id} vm={ref.vm_namespace}/{ref.vm_name} interface={ref.interface}"
 
 
+def log_attempt(step: str) -> None:
+    """Log a retried attempt of an activity, with the workflow (and so the VM) it belongs to."""
+    info = activity.info()
+    if info.attempt > 1:
+        logger.warning("retrying %s for %s: attempt %d", step, info.workflow_id, info.attempt)
+
+
 def cluster_call(function: Callable[..., T]) -> Callable[..., T]:
     """Map API errors onto Temporal's retry model: 409, 429, 5xx and timeouts retry; 400, 404, 422 end the step."""
 
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> T:
+        log_attempt(function.__name__)
         try:
             return function(*args, **kwargs)
         except ApplicationError:

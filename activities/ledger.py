@@ -8,6 +8,7 @@ from temporalio import activity
 
 from nicflow.contracts import FinishOperationInput, OpenOperationInput, OpenOperationResult, RecordStepInput
 from nicflow.ledger import Ledger
+from activities.cluster import log_attempt
 from nicflow.models import OperationResult, OperationStatus, Step
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ class LedgerActivities:
     @activity.defn(name="open_operation")
     def open_operation(self, request: OpenOperationInput) -> OpenOperationResult:
         """Record a new operation, or return the first result of a request id seen before."""
+        log_attempt("open_operation")
         fields = request.fields
         operation_id = fields["operation_id"]
         row, created = self._ledger.open_operation(fields, idempotency_key=f"{operation_id}:request")
@@ -40,6 +42,7 @@ class LedgerActivities:
 
     @activity.defn(name="record_step")
     def record_step(self, request: RecordStepInput) -> None:
+        log_attempt(f"record_step {request.step}/{request.outcome}")
         details = {"message": request.message, **request.details}
         self._ledger.append_event(
             request.operation_id,
@@ -51,6 +54,7 @@ class LedgerActivities:
 
     @activity.defn(name="finish_operation")
     def finish_operation(self, request: FinishOperationInput) -> None:
+        log_attempt("finish_operation")
         result = request.result
         self._ledger.finish_operation(
             result.operation_id,
