@@ -195,11 +195,23 @@ def _set_run_strategy(store: Store, namespace: str, name: str, vm: dict, strateg
     store.patch("virtualmachines", namespace, name, "merge", patch, actor="virt-api")
 
 
-def _request_state_change(store: Store, namespace: str, name: str, requests: list[dict]) -> None:
-    store.patch(
-        "virtualmachines", namespace, name, "merge", {"status": {"stateChangeRequests": requests}},
-        actor="virt-api", subresource="status", admit=False,
-    )
+def _request_state_change(store: Store, vm: dict, requests: list[dict]) -> None:
+    """Queue start/stop requests in the VM status for the VM controller to carry out.
+
+    As virt-api does, a lone Stop replaces pending requests and anything else fails while
+    requests are pending. The write is conditional on the VM read by the caller, so a concurrent
+    change is a 409 Conflict.
+    """
+    namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
+    pending = vm.get("status", {}).get("stateChangeRequests") or []
+    lone_stop = len(requests) == 1 and requests[0]["action"] == "Stop"
+    if pending and not lone_stop:
+        raise _vm_conflict(name, "unable to complete request: stop/start already underway")
+    patch = {
+        "metadata": {"resourceVersion": vm["metadata"]["resourceVersion"]},
+        "status": {"stateChangeRequests": requests},
+    }
+    store.patch("virtualmachines", namespace, name, "merge", patch, actor="virt-api", subresource="status", admit=False)
 
 
 def run_vm_action(store: Store, namespace: str, name: str, action: str) -> None:
@@ -207,8 +219,8 @@ def run_vm_action(store: Store, namespace: str, name: str, action: str) -> None:
 
     start: Halted becomes Always; RerunOnFailure and Manual get a Start state change request;
     Always and Once reject it. stop: Always, RerunOnFailure and Once become Halted; Manual gets a
-    Stop request. restart: rejected for Halted and Once and when no VMI exists. Otherwise the VMI
-    is deleted, as the VM controller does on the Stop request, so the VM controller recreates it.
+    Stop request. restart: rejected for Halted and Once and when no VMI exists. Otherwise it
+    queues Stop (with the VMI uid) and Start, and the VM controller deletes and recreates the VMI.
     Errors are 404 for a missing VM and 409 for a state that does not allow the action.
     """
     vm = store.get("virtualmachines", namespace, name)
@@ -229,7 +241,7 @@ def run_vm_action(store: Store, namespace: str, name: str, action: str) -> None:
             requests = [{"action": "Start"}]
             if vmi is not None:
                 requests.insert(0, {"action": "Stop", "uid": vmi["metadata"]["uid"]})
-            _request_state_change(store, namespace, name, requests)
+            _request_state_change(store, vm, requests)
         return
 
     if action == "stop":
@@ -238,7 +250,7 @@ def run_vm_action(store: Store, namespace: str, name: str, action: str) -> None:
         if strategy in ("Always", "RerunOnFailure", "Once"):
             _set_run_strategy(store, namespace, name, vm, "Halted")
         else:
-            _request_state_change(store, namespace, name, [{"action": "Stop", "uid": vmi["metadata"]["uid"]}])
+            _request_state_change(store, vm, [{"action": "Stop", "uid": vmi["metadata"]["uid"]}])
         return
 
     if action == "restart":
@@ -247,9 +259,7 @@ def run_vm_action(store: Store, namespace: str, name: str, action: str) -> None:
             raise _vm_conflict(name, f"RunStategy {strategy} does not support manual restart requests")
         if vmi is None:
             raise _vm_conflict(name, "VM is not running: Halted")
-        store.delete("virtualmachineinstances", namespace, name, actor="virt-controller")
-        if strategy == "Manual":
-            _request_state_change(store, namespace, name, [{"action": "Start"}])
+        _request_state_change(store, vm, [{"action": "Stop", "uid": vmi["metadata"]["uid"]}, {"action": "Start"}])
         return
 
     raise errors.ApiError(404, "NotFound", "the server could not find the requested resource")

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 
+import kubernetes
 import pytest
 from kubernetes.client import CoreV1Api, CustomObjectsApi
 from kubernetes.client.rest import ApiException
+
+from kubevirt_sim import Simulator
+from tests.conftest import HARVESTER_FIXTURES
 
 KUBEVIRT = ("kubevirt.io", "v1")
 
@@ -294,12 +299,36 @@ def test_vm_subresource_stop_and_start(kube, sim):
     assert "VM is already running" in start_body
 
 
-def test_vm_subresource_restart_deletes_vmi(kube, sim):
+def test_vm_subresource_restart_queues_requests(kube, sim):
+    vmi_uid = sim.store.get("virtualmachineinstances", "default", "web-01")["metadata"]["uid"]
     status, _ = vm_action(kube, "restart")
+    vm = sim.store.get("virtualmachines", "default", "web-01")
+    again_status, again_body = vm_action(kube, "restart")
 
     assert status == 202
-    assert sim.store.try_get("virtualmachineinstances", "default", "web-01") is None
-    assert sim.store.try_get("virtualmachines", "default", "web-01") is not None
+    assert vm["status"]["stateChangeRequests"] == [{"action": "Stop", "uid": vmi_uid}, {"action": "Start"}]
+    assert again_status == 409
+    assert "stop/start already underway" in again_body
+
+
+def test_vm_subresource_restart_recreates_vmi(tmp_path):
+    with Simulator([HARVESTER_FIXTURES], speed=20) as running:
+        client = kubernetes.config.new_client_from_config(config_file=str(running.write_kubeconfig(tmp_path / "kc")))
+        old_uid = running.store.get("virtualmachineinstances", "default", "web-01")["metadata"]["uid"]
+        status, _ = vm_action(client, "restart")
+
+        # The VM controller works asynchronously: poll until it has replaced the VMI.
+        new_uid = old_uid
+        for _ in range(100):
+            vmi = running.store.try_get("virtualmachineinstances", "default", "web-01")
+            new_uid = vmi["metadata"]["uid"] if vmi else old_uid
+            if new_uid != old_uid:
+                break
+            time.sleep(0.1)
+        client.close()
+
+    assert status == 202
+    assert new_uid != old_uid
 
 
 def test_list_limit_and_continue(core):
