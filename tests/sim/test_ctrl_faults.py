@@ -332,14 +332,23 @@ def test_stopped_vm_drops_absent(cluster):
 
 
 def vm_action(cluster, name: str, action: str) -> None:
-    """PUT a VM subresource of subresources.kubevirt.io (start, stop, restart), as virtctl does."""
+    """PUT a VM subresource of subresources.kubevirt.io (start, stop, restart), as virtctl does.
+
+    A 409 caused by a concurrent VM status write (controllers update it all the time) is retried.
+    """
     client = cluster.custom.api_client
-    request = client.param_serialize(
-        method="PUT", resource_path=f"/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachines/{name}/{action}",
-        header_params={"Content-Type": "application/json"}, body={}, auth_settings=["BearerToken"])
-    response = client.call_api(*request)
-    response.read()
-    assert response.status in (200, 202), response.data
+    for _ in range(20):
+        request = client.param_serialize(
+            method="PUT",
+            resource_path=f"/apis/subresources.kubevirt.io/v1/namespaces/{NAMESPACE}/virtualmachines/{name}/{action}",
+            header_params={"Content-Type": "application/json"}, body={}, auth_settings=["BearerToken"])
+        response = client.call_api(*request)
+        response.read()
+        if response.status == 409 and b"the object has been modified" in response.data:
+            continue
+        assert response.status in (200, 202), response.data
+        return
+    raise AssertionError(f"{action} of VM {name} kept conflicting")
 
 
 def test_restart_replaces_vmi(cluster):
