@@ -183,3 +183,21 @@ def test_recorder_names_list_elements(sim):
     assert fields["status.interfaces[name=nic-vlan100].linkState"] == ("up", "down")
     # The VMI CRD has no status subresource, so a status change bumps the generation too.
     assert fields["metadata.generation"] == (1, 2)
+
+
+def test_control_endpoint_reaches_cluster_faults(sim):
+    result = control(sim, "POST", "/sim/faults", {"target": "cluster", "kind": "snapshot", "args": {}})
+
+    assert result["result"] == sim.faults.snapshot()
+
+
+def test_control_endpoint_unknown_fault_is_400(sim):
+    request = urllib.request.Request(
+        sim.url + "/sim/faults", data=json.dumps({"kind": "nope"}).encode(), method="POST",
+        headers={"Content-Type": "application/json"},
+    )
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request)
+
+    assert raised.value.code == 400
+    assert "no fault method 'nope'" in json.load(raised.value)["message"]

@@ -132,3 +132,27 @@ def test_watch_ends_when_client_leaves(sim):
 
     assert during > before
     assert threading.active_count() < during
+
+
+def test_store_mutate_retries_on_conflict():
+    store = Store(Clock())
+    store.create("nodes", None, {"metadata": {"name": "node-1"}}, actor="test")
+    attempts = []
+
+    def add_label(node: dict) -> None:
+        attempts.append(node["metadata"]["resourceVersion"])
+        if len(attempts) == 1:
+            # A concurrent writer lands between this read and its write.
+            store.patch("nodes", None, "node-1", "merge", {"metadata": {"labels": {"other": "1"}}}, actor="other")
+        node["metadata"].setdefault("labels", {})["mine"] = "1"
+
+    result = store.mutate("nodes", None, "node-1", add_label, actor="controller")
+
+    assert len(attempts) == 2
+    assert result["metadata"]["labels"] == {"other": "1", "mine": "1"}
+
+
+def test_store_mutate_missing_object_is_none():
+    store = Store(Clock())
+
+    assert store.mutate("nodes", None, "node-9", lambda node: None, actor="controller") is None
