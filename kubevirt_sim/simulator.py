@@ -123,6 +123,7 @@ class Simulator:
         if self._saver is not None:
             self._saver.stop()
             self._saver = None
+        self.clock.stop()
         logger.info("kubevirt simulator at %s stopped", self.url)
 
     def write_kubeconfig(self, path: Path) -> Path:

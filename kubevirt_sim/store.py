@@ -192,9 +192,11 @@ class Store:
     `admission` (set by the Simulator) is called for each write with admit=True before the schema
     check: `admission(store, operation, plural, namespace, old, new, subresource, actor) -> dict`.
     `validator` (set by the Simulator) raises ApiError 422 for an object that violates the schema.
+    `history` is how many committed changes a watch can resume from; an older resourceVersion
+    gets 410 Expired, as after an etcd compaction. `seed` fixes the generated name suffixes.
     """
 
-    def __init__(self, clock: Clock, recorder: "Recorder | None" = None, history: int = 50_000, seed: int | None = None):
+    def __init__(self, clock: Clock, recorder: "Recorder | None" = None, history: int = 10_000, seed: int | None = None):
         self.clock = clock
         self.recorder = recorder
         self.lock = threading.RLock()
