@@ -35,9 +35,9 @@ class Simulator:
     `state_file` exists. `migration_seconds` is the simulated duration of a live migration, read
     by the controllers; `speed` is how many simulated seconds pass per real second.
     `schema_path` None turns schema validation off. `seed` fixes generated names and which
-    requests a partial HTTP fault hits. A real apiserver rejects strategic merge patches of
-    custom resources with 415; the simulator accepts them unless
-    `strategic_merge_on_custom_resources` is False. Use it as a context manager or call start()
+    requests a partial HTTP fault hits. Like a real apiserver, the simulator rejects strategic
+    merge patches of custom resources (VM, VMI, VMIM, NAD) with 415 unless
+    `strategic_merge_on_custom_resources` is True. Use it as a context manager or call start()
     and stop().
     """
 
@@ -54,7 +54,7 @@ class Simulator:
         controllers: bool = True,
         admission: bool = True,
         seed: int = 0,
-        strategic_merge_on_custom_resources: bool = True,
+        strategic_merge_on_custom_resources: bool = False,
     ):
         self.manifests = [Path(path) for path in manifests]
         self.migration_seconds = migration_seconds

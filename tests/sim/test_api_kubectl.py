@@ -106,3 +106,12 @@ def test_kubectl_get_vmi_wide_prints_node(kubeconfig):
     assert result.returncode == 0, result.stderr
     assert header.split()[:6] == ["NAME", "AGE", "PHASE", "IP", "NODENAME", "READY"]
     assert row.split()[2:5] == ["Running", "10.52.1.41", "node-1"]
+
+
+def test_kubectl_patch_default_type_rejected_for_vm(kubeconfig):
+    # kubectl patch sends a strategic merge patch unless told otherwise, which a real apiserver
+    # rejects for custom resources.
+    result = kubectl(kubeconfig, "patch", "vm", "web-01", "-p", '{"spec":{"runStrategy":"Halted"}}')
+
+    assert result.returncode != 0
+    assert "application/strategic-merge-patch+json is not supported" in result.stderr

@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 
+import kubernetes
 import pytest
 from kubernetes.client import CustomObjectsApi
 from kubernetes.client.rest import ApiException
 
+from kubevirt_sim import Simulator
 from kubevirt_sim.errors import ApiError
 from kubevirt_sim.patching import apply_json_patch, apply_merge_patch, apply_strategic_merge_patch
+from tests.conftest import HARVESTER_FIXTURES
 
 KUBEVIRT = ("kubevirt.io", "v1")
 VM_PATH = "/apis/kubevirt.io/v1/namespaces/default/virtualmachines/web-01"
@@ -28,6 +32,16 @@ def raw_patch(sim, path: str, content_type: str, body: bytes) -> tuple[int, dict
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
+
+
+@pytest.fixture
+def lenient() -> Iterator[Simulator]:
+    """A simulator that accepts strategic merge patches of custom resources, which a real apiserver rejects."""
+    with Simulator(
+        [HARVESTER_FIXTURES], controllers=False, admission=False, schema_path=None,
+        strategic_merge_on_custom_resources=True,
+    ) as simulator:
+        yield simulator
 
 
 def vm_interfaces(vm: dict) -> list[dict]:
@@ -113,13 +127,13 @@ def test_merge_patch_stale_resource_version_is_conflict(sim):
     assert code == 409
 
 
-def test_strategic_patch_merges_interfaces_by_name(sim):
+def test_strategic_patch_merges_interfaces_by_name(lenient):
     body = {
         "spec": {"template": {"spec": {
             "domain": {"devices": {"interfaces": [{"name": "nic-vlan100", "state": "absent"}]}},
         }}}
     }
-    code, patched = raw_patch(sim, VM_PATH, "application/strategic-merge-patch+json", json.dumps(body).encode())
+    code, patched = raw_patch(lenient, VM_PATH, "application/strategic-merge-patch+json", json.dumps(body).encode())
     interfaces = vm_interfaces(patched)
 
     assert code == 200
@@ -128,14 +142,14 @@ def test_strategic_patch_merges_interfaces_by_name(sim):
     assert interfaces[1]["macAddress"] == "06:b2:19:c4:55:e1"
 
 
-def test_strategic_patch_delete_directive(sim):
+def test_strategic_patch_delete_directive(lenient):
     body = {
         "spec": {"template": {"spec": {
             "domain": {"devices": {"interfaces": [{"name": "nic-vlan100", "$patch": "delete"}]}},
             "networks": [{"name": "nic-vlan100", "$patch": "delete"}],
         }}}
     }
-    code, patched = raw_patch(sim, VM_PATH, "application/strategic-merge-patch+json", json.dumps(body).encode())
+    code, patched = raw_patch(lenient, VM_PATH, "application/strategic-merge-patch+json", json.dumps(body).encode())
 
     assert code == 200
     assert [item["name"] for item in vm_interfaces(patched)] == ["default"]
@@ -150,12 +164,16 @@ def test_merge_patch_through_client_replaces_lists(custom):
     assert [item["name"] for item in patched["spec"]["template"]["spec"]["networks"]] == ["default"]
 
 
-def test_strategic_patch_through_client(custom):
+def test_strategic_patch_through_client(lenient, tmp_path):
+    client = kubernetes.config.new_client_from_config(config_file=str(lenient.write_kubeconfig(tmp_path / "kc")))
+    custom = CustomObjectsApi(client)
     body = {"spec": {"template": {"spec": {"networks": [{"name": "nic-2", "multus": {"networkName": "default/vlan200"}}]}}}}
     patched = custom.patch_namespaced_custom_object(
         *KUBEVIRT, "default", "virtualmachines", "web-01", body,
         _content_type="application/strategic-merge-patch+json",
     )
+
+    client.close()
 
     networks = [item["name"] for item in patched["spec"]["template"]["spec"]["networks"]]
     assert networks == ["default", "nic-vlan100", "nic-2"]
@@ -235,16 +253,9 @@ def test_strategic_patch_requires_merge_key():
     assert raised.value.code == 400
 
 
-def test_strategic_patch_rejected_like_apiserver():
-    from kubevirt_sim import Simulator
-    from tests.conftest import HARVESTER_FIXTURES
-
-    with Simulator(
-        [HARVESTER_FIXTURES], controllers=False, admission=False, schema_path=None,
-        strategic_merge_on_custom_resources=False,
-    ) as strict:
-        code, status = raw_patch(strict, VM_PATH, "application/strategic-merge-patch+json", b"{}")
-        node_code, _ = raw_patch(strict, "/api/v1/nodes/node-1", "application/strategic-merge-patch+json", b"{}")
+def test_strategic_patch_of_custom_resource_is_415(sim):
+    code, status = raw_patch(sim, VM_PATH, "application/strategic-merge-patch+json", b"{}")
+    node_code, _ = raw_patch(sim, "/api/v1/nodes/node-1", "application/strategic-merge-patch+json", b"{}")
 
     assert code == 415
     assert status["reason"] == "UnsupportedMediaType"
