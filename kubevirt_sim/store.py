@@ -38,6 +38,13 @@ Subscriber = Callable[[str, str, "dict | None", "dict | None"], None]
 _NAME_SUFFIX_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _LABEL_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+# The apiserver's wording for an invalid label value (k8s.io/apimachinery validation).
+_LABEL_VALUE_MESSAGE = (
+    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', "
+    "and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', "
+    "regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')"
+)
 
 # metadata fields that only the server sets; an update cannot change them.
 _SYSTEM_METADATA = ("uid", "creationTimestamp", "generation", "deletionTimestamp", "deletionGracePeriodSeconds")
@@ -635,6 +642,7 @@ class Store:
                 )
             metadata["name"] = prefix + "".join(self._random.choice(_NAME_SUFFIX_ALPHABET) for _ in range(5))
         _check_name(resource, metadata["name"])
+        _check_labels(resource, metadata)
         if metadata.get("resourceVersion"):
             raise errors.internal_error("resourceVersion should not be set on objects to be created")
 
@@ -668,6 +676,7 @@ class Store:
         metadata = new.get("metadata")
         if not isinstance(metadata, dict):
             metadata = new["metadata"] = {}
+        _check_labels(resource, metadata)
         old_metadata = old["metadata"]
         for field in ("name", "namespace", "resourceVersion", *_SYSTEM_METADATA):
             if field in old_metadata:
@@ -896,6 +905,34 @@ def _check_name(resource: Resource, name: str) -> None:
             )
     if problem:
         raise errors.invalid(resource.kind, name, [("metadata.name", f'Invalid value: "{name}": {problem}')], group=resource.group)
+
+
+def _check_labels(resource: Resource, metadata: dict) -> None:
+    """Raise 400 for labels or annotations that are not string maps, 422 for invalid label syntax."""
+    for field in ("labels", "annotations"):
+        values = metadata.get(field)
+        if values is None:
+            continue
+        if not isinstance(values, dict) or not all(isinstance(value, str) for value in values.values()):
+            raise errors.bad_request(
+                f"json: cannot unmarshal metadata.{field} of {resource.kind}: expected a map of strings"
+            )
+
+    causes = []
+    for key, value in (metadata.get("labels") or {}).items():
+        if not _LABEL_KEY.match(key) or len(key.rsplit("/", 1)[-1]) > 63:
+            causes.append(("metadata.labels", f'Invalid value: "{key}": name part must consist of alphanumeric '
+                           "characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
+        if len(value) > 63:
+            causes.append(("metadata.labels", f'Invalid value: "{value}": must be no more than 63 characters'))
+        elif not _LABEL_VALUE.match(value):
+            causes.append(("metadata.labels", f'Invalid value: "{value}": {_LABEL_VALUE_MESSAGE}'))
+    for key in metadata.get("annotations") or {}:
+        if not _LABEL_KEY.match(key):
+            causes.append(("metadata.annotations", f'Invalid value: "{key}": name part must consist of '
+                           "alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"))
+    if causes:
+        raise errors.invalid(resource.kind, metadata.get("name", ""), causes, group=resource.group)
 
 
 def _generation_content(resource: Resource, obj: dict) -> dict:

@@ -338,3 +338,23 @@ def test_list_limit_and_continue(core):
     assert [node.metadata.name for node in first.items] == ["node-1", "node-2"]
     assert [node.metadata.name for node in rest.items] == ["node-3"]
     assert rest.metadata._continue is None
+
+
+@pytest.mark.parametrize("labels", [{"app": "bad value!"}, {"bad key!": "x"}, {"app": "x" * 64}])
+def test_invalid_label_is_422(custom, labels):
+    with pytest.raises(ApiException) as raised:
+        custom.patch_namespaced_custom_object(
+            *KUBEVIRT, "default", "virtualmachines", "web-01", {"metadata": {"labels": labels}}
+        )
+
+    assert raised.value.status == 422
+    assert status_of(raised.value)["details"]["causes"][0]["field"] == "metadata.labels"
+
+
+def test_non_string_label_is_400(custom):
+    with pytest.raises(ApiException) as raised:
+        custom.patch_namespaced_custom_object(
+            *KUBEVIRT, "default", "virtualmachines", "web-01", {"metadata": {"labels": {"count": 3}}}
+        )
+
+    assert raised.value.status == 400
