@@ -374,8 +374,8 @@ class MigrationController:
             self._complete(record)
             return
 
-        # NOTE: if the target pod missed an interface hot-plugged after Scheduling, MigrationRequired
-        # stays True and this VMIM stays Running; whether KubeVirt 1.6 ends such a VMIM was not checked.
+        # NOTE: if the target pod missed an interface hot-plugged after Scheduling and MigrationRequired
+        # is True, this VMIM stays Running. Whether KubeVirt 1.6 ends such a VMIM was not checked.
         if condition_is_true(vmi, network.MIGRATION_REQUIRED):
             logger.debug("VMIM %s/%s completed but MigrationRequired is True; waiting", record.namespace, record.name)
             return

@@ -14,7 +14,6 @@ from datetime import datetime
 from kubevirt_sim import naming
 from kubevirt_sim.controllers.objects import (
     INFO_DOMAIN,
-    INFO_GUEST_AGENT,
     INFO_MULTUS,
     binding_of,
     find_by_name,
@@ -150,7 +149,7 @@ def sync_multus_status(vmi: dict, pod_interfaces: set[str]) -> bool:
         if pod_interface in pod_interfaces:
             expected[name] = pod_interface
 
-    kept: list[dict] = []
+    updated: list[dict] = []
     for entry in entries:
         sources = info_sources(entry)
         name = entry.get("name", "")
@@ -162,12 +161,12 @@ def sync_multus_status(vmi: dict, pod_interfaces: set[str]) -> bool:
         if not sources:
             continue
         entry["infoSource"] = join_info_sources(sources)
-        kept.append(entry)
+        updated.append(entry)
 
     for name, pod_interface in expected.items():
-        kept.append({"name": name, "podInterfaceName": pod_interface, "infoSource": INFO_MULTUS})
+        updated.append({"name": name, "podInterfaceName": pod_interface, "infoSource": INFO_MULTUS})
 
-    ordered = order_status_interfaces(kept, primary_interface_name(spec))
+    ordered = order_status_interfaces(updated, primary_interface_name(spec))
     if json.dumps(ordered, sort_keys=True) == before:
         return False
     status["interfaces"] = ordered
@@ -340,8 +339,8 @@ def count_pci_devices(spec: dict) -> int:
 def hotplug_root_ports(spec: dict, annotations: dict | None = None) -> int:
     """Return the empty PCIe root ports reserved at domain start for hot-plugged NICs (v2 formula).
 
-    max(8 - portsInUse, 3) for at most 2 GiB of domain memory, else max(16 - portsInUse, 6); none
-    when the VMI annotation places PCI devices on the root complex.
+    The count is max(8 - portsInUse, 3) for at most 2 GiB of domain memory, else
+    max(16 - portsInUse, 6). It is 0 when a VMI annotation places PCI devices on the root complex.
     """
     if (annotations or {}).get("kubevirt.io/placePCIDevicesOnRootComplex") == "true":
         return 0
@@ -359,7 +358,3 @@ def domain_interface_count(vmi: dict) -> int:
 def free_root_ports(vmi: dict, start_interfaces: int, reserved_ports: int) -> int:
     """Return the free root ports: the slots at domain start (interfaces plus reserved) minus the interfaces now attached."""
     return start_interfaces + reserved_ports - domain_interface_count(vmi)
-
-
-def guest_agent_reported(entry: dict) -> bool:
-    return INFO_GUEST_AGENT in info_sources(entry)

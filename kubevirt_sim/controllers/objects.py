@@ -91,10 +91,10 @@ def remove_condition(obj: dict, condition_type: str) -> bool:
     """Remove a status condition. Returns whether one was there."""
     status = obj.get("status") or {}
     conditions = status.get("conditions") or []
-    kept = [c for c in conditions if c.get("type") != condition_type]
-    if len(kept) == len(conditions):
+    remaining = [c for c in conditions if c.get("type") != condition_type]
+    if len(remaining) == len(conditions):
         return False
-    status["conditions"] = kept
+    status["conditions"] = remaining
     return True
 
 
@@ -177,15 +177,6 @@ def find_status_interface(vmi: dict, name: str) -> dict | None:
 
 
 # Object metadata.
-
-def key_of(obj: dict) -> tuple[str, str]:
-    metadata = obj.get("metadata", {})
-    return metadata.get("namespace", ""), metadata.get("name", "")
-
-
-def annotations_of(obj: dict) -> dict[str, str]:
-    return obj.get("metadata", {}).get("annotations") or {}
-
 
 def labels_of(obj: dict) -> dict[str, str]:
     return obj.get("metadata", {}).get("labels") or {}

@@ -85,7 +85,7 @@ class Cluster:
             {"spec": {"workloadUpdateStrategy": {"workloadUpdateMethods": methods}}})
 
 
-def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS) -> Any:
+def wait_for(check: Callable[[], Any], description: str, timeout: float = WAIT_SECONDS) -> Any:
     """Poll `check` until it returns a truthy value and return it; fail the test after `timeout` real seconds."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -94,7 +94,7 @@ def wait_for(check: Callable[[], Any], what: str, timeout: float = WAIT_SECONDS)
         if last:
             return last
         time.sleep(0.01)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
+    pytest.fail(f"timed out after {timeout} s waiting for {description}; last value: {last!r}")
 
 
 def condition(obj: dict, condition_type: str) -> dict | None:
