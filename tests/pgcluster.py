@@ -42,7 +42,7 @@ LOG_TAIL_LINES = 30
 
 
 class PgClusterError(RuntimeError):
-    """A server command of the private cluster failed; the message quotes its output."""
+    """A failed server command of the private cluster. The message contains its output and the server log."""
 
 
 def free_loopback_port() -> int:
@@ -84,7 +84,7 @@ class PgCluster:
         return self._base() / "server.log"
 
     def url(self, database: str = "postgres", driver: str = "postgresql+psycopg") -> str:
-        """Return the SQLAlchemy URL of a database as the superuser; `driver="postgresql"` gives a libpq URL."""
+        """Return the SQLAlchemy URL of a database for the superuser. With `driver="postgresql"` it is a libpq URL."""
         return f"{driver}://{SUPERUSER}@{HOST}:{self.port}/{database}"
 
     # Lifecycle
@@ -165,14 +165,14 @@ class PgCluster:
         return self.url(name)
 
     def cleanup(self) -> None:
-        """Stop the server if it runs and delete the cluster's directory; safe to call twice."""
+        """Stop the server if it runs and delete the cluster's directory. A second call does nothing."""
         if self.base_dir is None:
             return
         if self.running:
             try:
                 self.stop(mode="immediate")
             except PgClusterError:
-                # Deleting the directory still matters. A server left running shows in the log.
+                # The directory is deleted anyway, and the logged error names the port of a server that may still run.
                 logger.exception("stopping the private PostgreSQL cluster on port %s failed", self.port)
         shutil.rmtree(self.base_dir, ignore_errors=True)
         logger.info("private PostgreSQL cluster directory %s deleted", self.base_dir)
@@ -200,7 +200,7 @@ class PgCluster:
         return self.base_dir
 
     def _run(self, binary: str, *arguments: str) -> None:
-        """Run a server binary as the cluster's OS user; raise PgClusterError with its output and the log on failure."""
+        """Run a server binary as the cluster's OS user. Raise PgClusterError with its output and the log when it fails."""
         command = [str(self.bin_dir / binary), *arguments]
         if os.geteuid() == 0:
             command = ["runuser", "-u", self.os_user, "--", *command]
@@ -219,7 +219,7 @@ class PgCluster:
         )
         if completed.returncode != 0:
             raise PgClusterError(
-                f"{binary} {' '.join(arguments[:1])} failed with exit code {completed.returncode}\n"
+                f"{' '.join(command)} failed with exit code {completed.returncode}\n"
                 f"stdout: {completed.stdout.strip()}\nstderr: {completed.stderr.strip()}\n"
                 f"server log (last {LOG_TAIL_LINES} lines):\n{self._log_tail()}"
             )
