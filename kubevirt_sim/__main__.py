@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="JSON file the objects are saved to and, when it exists, loaded from instead of the manifests")
     parser.add_argument("--no-admission", action="store_true", help="run no admission webhooks")
     parser.add_argument("--no-controllers", action="store_true", help="run no controllers")
+    parser.add_argument("--allow-strategic-merge", action="store_true",
+                        help="accept strategic merge patches of custom resources, which a real apiserver rejects with 415")
     parser.add_argument("--log-level", default="INFO", help="logging level (default: %(default)s)")
     return parser.parse_args(argv)
 
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         port=args.port,
         controllers=not args.no_controllers,
         admission=not args.no_admission,
+        strategic_merge_on_custom_resources=args.allow_strategic_merge,
     )
     stopping = threading.Event()
 

@@ -358,3 +358,19 @@ def test_non_string_label_is_400(custom):
         )
 
     assert raised.value.status == 400
+
+
+def test_pod_create_and_delete_return_pod(core):
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"generateName": "virt-launcher-web-01-"},
+        "spec": {"containers": [{"name": "compute", "image": "virt-launcher"}]},
+    }
+    created = core.create_namespaced_pod("default", body)
+    deleted = core.delete_namespaced_pod(created.metadata.name, "default")
+
+    assert created.status.phase == "Pending"
+    assert created.metadata.generation is None
+    assert deleted.metadata.name == created.metadata.name
+    assert core.list_namespaced_pod("default").items == []

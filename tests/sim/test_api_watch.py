@@ -156,3 +156,13 @@ def test_store_mutate_missing_object_is_none():
     store = Store(Clock())
 
     assert store.mutate("nodes", None, "node-9", lambda node: None, actor="controller") is None
+
+
+def test_watch_cluster_scoped_nodes(core):
+    start = core.list_node().metadata.resource_version
+    core.patch_node("node-3", {"spec": {"unschedulable": True}})
+
+    events = list(watch.Watch().stream(core.list_node, resource_version=start, timeout_seconds=1))
+
+    assert [(event["type"], event["object"].metadata.name) for event in events] == [("MODIFIED", "node-3")]
+    assert events[0]["object"].spec.unschedulable is True
