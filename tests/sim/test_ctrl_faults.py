@@ -410,3 +410,24 @@ def test_parallel_outbound_cap(manual):
     assert wait_final(manual, first)["status"]["phase"] == "Succeeded"
     assert wait_final(manual, same_node)["status"]["phase"] == "Succeeded"
     assert wait_final(manual, other_node)["status"]["phase"] == "Succeeded"
+
+
+def clear_state(vm: dict, name: str) -> dict:
+    for interface in vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]:
+        if interface["name"] == name:
+            interface.pop("state", None)
+    return vm
+
+
+def test_revert_failed_unplug(manual):
+    manual.sim.faults.fail_migration("Scheduling", vmi=VM_NAME)
+    manual.edit_vm(lambda vm: mark_absent(vm, "nic-vlan100"))
+    wait_for(lambda: (e := status_entry(manual.vmi(), "nic-vlan100")) and e["infoSource"] == "multus-status", "nic-vlan100 detached")
+    assert wait_final(manual, manual.create_migration()["metadata"]["name"])["status"]["phase"] == "Failed"
+
+    manual.edit_vm(lambda vm: clear_state(vm, "nic-vlan100"))
+    entry = wait_for(lambda: (e := status_entry(manual.vmi(), "nic-vlan100")) and "guest-agent" in e["infoSource"] and e,
+                     "nic-vlan100 attached again")
+    assert entry["mac"] == "06:b2:19:c4:55:e1"
+    assert "state" not in manual.vmi()["spec"]["domain"]["devices"]["interfaces"][1]
+    wait_for(lambda: condition(manual.vmi(), "MigrationRequired") is None, "MigrationRequired removed")
