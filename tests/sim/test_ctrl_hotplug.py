@@ -442,3 +442,18 @@ def test_removed_interface_restart_required(manual):
     assert required["status"] == "True"
     assert required["message"] == "a non-live-updatable field was changed in the template spec"
     assert "nic-vlan100" in interface_names(manual.vmi()["spec"])
+
+
+def test_state_restart_keeps_pods(tmp_path):
+    state = tmp_path / "state.json"
+    with Simulator([HARVESTER_FIXTURES], speed=200, migration_seconds=20, state_file=state) as first:
+        wait_for(lambda: len(first.store.list("pods")[0]) == 3, "three launcher pods")
+        pods_before = sorted(p["metadata"]["name"] for p in first.store.list("pods")[0])
+
+    with Simulator([], speed=200, migration_seconds=20, state_file=state) as second:
+        vmi = second.store.get("virtualmachineinstances", NAMESPACE, VM_NAME)
+        second.clock.sleep(10)
+        pods_after = sorted(p["metadata"]["name"] for p in second.store.list("pods")[0])
+
+    assert vmi["status"]["phase"] == "Running"
+    assert pods_after == pods_before
