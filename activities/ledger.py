@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from nicflow.contracts import FinishOperationInput, OpenOperationInput, OpenOperationResult, RecordStepInput
 from nicflow.ledger import Ledger
@@ -13,12 +19,36 @@ from nicflow.models import OperationResult, OperationStatus, Step
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
+
+def ledger_call(function: Callable[..., T]) -> Callable[..., T]:
+    """Turn a database outage into a short retryable error that Temporal shows as it is.
+
+    SQLAlchemy's exception chain runs to several KB, and the Temporal server replaces failures
+    over 4 KB with "Failure exceeds size limit", hiding the reason from `temporal workflow describe`.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return function(*args, **kwargs)
+        except (DBAPIError, PoolTimeoutError) as error:
+            reason = getattr(error, "orig", None) or error
+            info = activity.info()
+            logger.warning("ledger unavailable in %s for %s (attempt %d), will retry: %s",
+                           function.__name__, info.workflow_id, info.attempt, reason)
+            raise ApplicationError(f"ledger unavailable: {reason}", type="LedgerUnavailable") from None
+
+    return wrapper
+
 
 class LedgerActivities:
     def __init__(self, ledger: Ledger) -> None:
         self._ledger = ledger
 
     @activity.defn(name="open_operation")
+    @ledger_call
     def open_operation(self, request: OpenOperationInput) -> OpenOperationResult:
         """Record a new operation, or return the first result of a request id seen before."""
         log_attempt("open_operation")
@@ -41,6 +71,7 @@ class LedgerActivities:
         )
 
     @activity.defn(name="record_step")
+    @ledger_call
     def record_step(self, request: RecordStepInput) -> None:
         log_attempt(f"record_step {request.step}/{request.outcome}")
         details = {"message": request.message, **request.details}
@@ -53,6 +84,7 @@ class LedgerActivities:
         )
 
     @activity.defn(name="finish_operation")
+    @ledger_call
     def finish_operation(self, request: FinishOperationInput) -> None:
         log_attempt("finish_operation")
         result = request.result

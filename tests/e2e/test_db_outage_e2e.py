@@ -208,14 +208,6 @@ async def test_ledger_outage_during_migration(
     assert ledger.active_reservations() == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="activities/ledger.py raises SQLAlchemy's error with its exception chain and stack traces, "
-    "about 7 KB encoded. Temporal replaces a retryable activity failure above "
-    "limit.mutableStateActivityFailureSize.error (4 KB by default) with 'Failure exceeds size limit.' "
-    "and keeps only a truncated copy as its cause",
-)
 async def test_ledger_outage_reason_visible(pg_cluster: PgCluster, client, settings, worker, started):
     # The database is down before the operation starts, so its first ledger write fails.
     pg_cluster.stop()
