@@ -1,9 +1,9 @@
 """Rejection codes that need a changed cluster, end to end through the HotplugNic and UnplugNic workflows.
 
-Each test sets up the state that one rule rejects (through the Kubernetes API, a simulator
-fault or an extra VM loaded from a manifest), runs the request, and checks that the VM spec
-and generation stay as they were, that nicflow created no VMIM, that the ledger records the
-operation as rejected with the code, and that no MAC reservation stays active.
+Each test sets up the state that one rule rejects, through the Kubernetes API, a simulator
+fault or an extra VM loaded from a manifest. It then runs the request and checks that the VM
+spec and generation stay as they were and that nicflow created no VMIM. The ledger must record
+the operation as rejected with the code, and no MAC reservation may stay active.
 tests/e2e/test_rejections_e2e.py and tests/e2e/test_rules_e2e.py cover the other codes.
 """
 
@@ -40,7 +40,7 @@ KUBEVIRT_GROUP = "kubevirt.io"
 MULTUS_GROUP = "k8s.cni.cncf.io"
 MERGE_PATCH = "application/merge-patch+json"
 
-# A finalizer no controller knows, so that a deleted object stays with its deletionTimestamp.
+# A finalizer that no controller removes, so a deleted object keeps its deletionTimestamp.
 HOLD_FINALIZER = "e2e.nicflow.test/hold"
 ALLOW_POD_BRIDGE_ANNOTATION = "kubevirt.io/allow-pod-bridge-network-live-migration"
 ROOT_COMPLEX_ANNOTATION = "kubevirt.io/placePCIDevicesOnRootComplex"
@@ -48,7 +48,7 @@ ROOT_COMPLEX_ANNOTATION = "kubevirt.io/placePCIDevicesOnRootComplex"
 # Codes that no request can carry into a workflow, with the test that shows why.
 UNREACHABLE: dict[Reason, str] = {Reason.NETWORK_NAME_INVALID: "test_network_name_invalid_stops_at_model"}
 
-# Upper bound on waiting for the simulated controllers to reach a state; a test that hits it fails.
+# Maximum wait, in seconds, for the simulated controllers to reach a state. A test that hits it fails.
 WAIT_SECONDS = 30.0
 
 
@@ -98,14 +98,15 @@ def _only_secondary_interface(vm: dict, vmi: dict) -> None:
 
 
 def _small_memory(vm: dict, vmi: dict) -> None:
-    # At most 2 GiB of guest memory: KubeVirt 1.6 reserves max(8 - PCI devices in use, 3) root ports.
+    # With at most 2 GiB of guest memory, KubeVirt 1.6.0 to 1.6.3 reserve max(8 - PCI devices in use, 3)
+    # root ports.
     for spec in (vm["spec"]["template"]["spec"], vmi["spec"]):
         spec["domain"]["memory"]["guest"] = "2Gi"
         spec["domain"]["resources"]["requests"]["memory"] = "2Gi"
         spec["domain"]["resources"]["limits"]["memory"] = "2Gi"
 
 
-# Name -> edit of a copy of web-01 (VM and running VMI on node-1).
+# Extra VMs by name, each made by an edit of a copy of web-01 (VM and running VMI on node-1).
 EXTRA_VMS: dict[str, Callable[[dict, dict], None]] = {
     "podbridge-01": _bridge_on_pod_network,
     "podbridge-02": _allowed_bridge_on_pod_network,
@@ -197,8 +198,8 @@ async def wait_until(condition: Callable[[], T], description: str) -> T:
 async def vm_action(kube: KubeVirtClient, name: str, action: str) -> None:
     """Call the start, stop or restart subresource of a VM in namespace default, retrying on 409 Conflict.
 
-    virt-api writes the request conditionally on the VM it read, so a concurrent controller
-    write makes it fail with 409, as on a real cluster.
+    The simulator's virt-api writes the request conditionally on the VM it read, so a
+    concurrent controller write makes it fail with 409.
     """
     for attempt in range(1, 11):
         try:
@@ -323,7 +324,7 @@ async def test_kubevirt_not_ready(client, settings, worker, kube: KubeVirtClient
     assert "DeploymentInProgress" in result.message
 
 
-async def test_bridge_on_pod_network_not_live_migratable(client, settings, worker, kube: KubeVirtClient, ledger: Ledger):
+async def test_pod_bridge_not_live_migratable(client, settings, worker, kube: KubeVirtClient, ledger: Ledger):
     await wait_until(
         lambda: condition_of(kube.get_vmi("default", "podbridge-01"), "LiveMigratable").get("status") == "False",
         "KubeVirt reports podbridge-01 as not live migratable",
@@ -419,7 +420,8 @@ async def test_root_ports_on_root_complex(client, settings, worker, kube: KubeVi
 # test runs the simulator in real time with short migrations.
 @pytest.mark.parametrize("sim", [{"speed": 1.0, "migration_seconds": 1.0}], indirect=True, ids=["real-time"])
 async def test_root_ports_used_by_hotplugs(client, settings, worker, kube: KubeVirtClient, ledger: Ledger):
-    # small-01 has 2 GiB of memory and 8 PCI devices, so its domain started with 3 free root ports.
+    # small-01 has 2 GiB of memory and, by nicflow's estimate, 8 PCI devices, so its domain
+    # started with 3 free root ports.
     for number in (2, 3, 4):
         plugged = await run_operation(client, settings, hotplug(vm="default/small-01", interface=f"nic-{number}"))
         assert plugged.status == OperationStatus.SUCCEEDED, plugged.message
