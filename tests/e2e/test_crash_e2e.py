@@ -50,7 +50,9 @@ from tests.e2e.crash_support import (
     wait_until,
 )
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(290)]
+# The first test also runs the module fixture, which takes about 3 minutes on an idle machine
+# with 2 cores, most of it validate's 2 minute timeout. The limit leaves room for a busy machine.
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +62,9 @@ OPERATION_LABEL = "nicflow.io/operation-id"
 # its 2 minute start-to-close timeout, because the activity sends no heartbeats.
 RESULT_TIMEOUT = 200.0
 
-# Real seconds to reach the point inside a step where the worker is killed.
-HOLD_TIMEOUT = 60.0
+# Real seconds to reach the point inside a step where the worker is killed. Starting a dozen
+# workers at once on 2 busy cores can take a minute.
+HOLD_TIMEOUT = 120.0
 
 # Real seconds a held HTTP request stays open. The test releases it with http_faults.clear()
 # long before that.
@@ -107,10 +110,12 @@ class CrashCase:
     kind: str
     step: Step
     vm: str
+    # Where in the step the worker dies, when the step has more than one point worth testing.
+    point: str = ""
 
     @property
     def name(self) -> str:
-        return f"{self.kind}-{self.step}"
+        return f"{self.kind}-{self.step}" + (f"-{self.point}" if self.point else "")
 
     @property
     def interface(self) -> str:
@@ -134,12 +139,21 @@ class CrashCase:
         return UnplugRequest(**fields)
 
 
+# A backfill crash point: after the MAC write, before the restart request reaches the cluster.
+BEFORE_RESTART = "before-restart"
+
+# A migrate crash point: the VMIM is created but the response to the create never arrives.
+CREATE_LOST = "create-lost"
+
 # Only db-legacy lacks MACs in its VM spec, so only there does an operation with allow_restart
 # backfill them and restart the VM.
 CASES = [
     CrashCase(kind, step, "db-legacy" if step == Step.BACKFILL else "web-01")
     for kind in ("hotplug", "unplug")
     for step in (Step.VALIDATE, Step.BACKFILL, Step.PATCH, Step.MIGRATE, Step.VERIFY)
+] + [
+    CrashCase("hotplug", Step.BACKFILL, "db-legacy", BEFORE_RESTART),
+    CrashCase("hotplug", Step.MIGRATE, "web-01", CREATE_LOST),
 ]
 
 RESTART_CASE = "temporal-restart"
@@ -173,6 +187,7 @@ class Outcome:
     vmi: dict | None = None
     worker_alive: bool = False
     step_attempts: list[int] = field(default_factory=list)
+    vmi_uid_before: str | None = None
     logs: str = ""
 
     def explain(self) -> str:
@@ -190,6 +205,10 @@ def arm(run: CaseRun) -> None:
         # validate's first cluster call reads the VM.
         run.fault_id = sim.http_faults.add(timeout=True, method="GET", plural="virtualmachines", name=case.vm,
                                            count=1, hold_seconds=HOLD_SECONDS)
+    elif case.step == Step.BACKFILL and case.point == BEFORE_RESTART:
+        # The MACs are written but the restart request is held before it reaches the cluster.
+        run.fault_id = sim.http_faults.add(timeout=True, method="PUT", plural="virtualmachines", name=case.vm,
+                                           subresource="restart", count=1, hold_seconds=HOLD_SECONDS)
     elif case.step == Step.BACKFILL:
         # The restart lands but its response never comes, so the worker dies before recording it.
         run.fault_id = sim.http_faults.add(timeout=True, method="PUT", plural="virtualmachines", name=case.vm,
@@ -198,6 +217,9 @@ def arm(run: CaseRun) -> None:
     elif case.step == Step.PATCH:
         # The spec patch lands but its response never comes, so the retry must not patch again.
         run.fault_id = sim.http_faults.add(timeout=True, method="PATCH", plural="virtualmachines", name=case.vm,
+                                           count=1, after_commit=True, hold_seconds=HOLD_SECONDS)
+    elif case.step == Step.MIGRATE and case.point == CREATE_LOST:
+        run.fault_id = sim.http_faults.add(timeout=True, method="POST", plural="virtualmachineinstancemigrations",
                                            count=1, after_commit=True, hold_seconds=HOLD_SECONDS)
     elif case.step == Step.MIGRATE or case.kind == "unplug":
         sim.faults.stall_migration("Running", f"default/{case.vm}")
@@ -218,7 +240,7 @@ async def hold(run: CaseRun) -> None:
         run.fault_id = sim.http_faults.add(timeout=True, method="GET", plural="virtualmachines", name=case.vm,
                                            count=1, hold_seconds=HOLD_SECONDS)
         sim.faults.clear()
-    if case.step == Step.MIGRATE:
+    if case.step == Step.MIGRATE and not case.point:
         await wait_until(lambda: migration_running(run), HOLD_TIMEOUT, f"{case.name}: a VMIM held in phase Running")
 
     activity = ACTIVITIES[case.step]
@@ -233,7 +255,7 @@ async def release(run: CaseRun) -> None:
     case, handle = run.case, run.handle
     assert handle is not None
     activity = ACTIVITIES[case.step]
-    if case.step == Step.MIGRATE:
+    if case.step == Step.MIGRATE and not case.point:
         await wait_until(lambda: activity_started(handle, activity, min_attempt=2), RESULT_TIMEOUT,
                          f"{case.name}: {activity} retried on the new worker")
         run.sim.faults.clear()
@@ -331,6 +353,8 @@ async def run_crash_case(case: CrashCase, server: DevServer, folder: Path, schem
         client = await server.connect(namespace)
         assert stack.kube is not None
         run = CaseRun(case, stack.sim, stack.kube)
+        vmi = await asyncio.to_thread(stack.kube.get_vmi, "default", case.vm)
+        outcome.vmi_uid_before = vmi["metadata"]["uid"]
 
         first = stack.start_worker(settings)
         arm(run)
@@ -457,8 +481,10 @@ def test_worker_crash(case: CrashCase, outcomes: dict[str, Outcome]):
     assert outcome.row_status == "succeeded"
     assert outcome.worker_alive
 
-    # The step ran once, and on its second attempt: the first was lost with the killed worker.
-    assert outcome.step_attempts == [2]
+    # The step's activity completed once, on a retry, because its first attempt died with the
+    # worker. A retry can be lost as well, when Temporal hands it to a poll of the killed worker.
+    assert len(outcome.step_attempts) == 1
+    assert outcome.step_attempts[0] >= 2
 
     # One spec write for the change itself, plus one for the MACs when the operation backfills.
     assert len(outcome.spec_writes) == (2 if case.backfills else 1)
@@ -484,15 +510,15 @@ def test_worker_crash(case: CrashCase, outcomes: dict[str, Outcome]):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="product bug: ClusterActivities.backfill records restart-requested only after the restart "
-    "request returns, and its retry finds no MAC missing and returns SKIPPED, so the ledger "
-    "loses the restart and says the MACs were never missing",
+    reason="product bug: a retry of ClusterActivities.backfill finds no MAC missing and returns SKIPPED, "
+    "so it neither sends nor records the restart that the lost attempt was carrying out",
 )
 @pytest.mark.parametrize("case", [case for case in CASES if case.backfills], ids=lambda case: case.name)
-def test_worker_crash_backfill_ledger(case: CrashCase, outcomes: dict[str, Outcome]):
+def test_worker_crash_backfill_restart(case: CrashCase, outcomes: dict[str, Outcome]):
     outcome = outcomes[case.name]
 
     assert outcome.error is None, outcome.explain()
+    assert outcome.vmi["metadata"]["uid"] != outcome.vmi_uid_before
     assert outcome.events == BACKFILL_EVENTS
 
 
