@@ -1,4 +1,4 @@
-"""Concurrent clients: optimistic concurrency loses no update, and a watch sees every version in order."""
+"""Concurrent clients: optimistic concurrency loses no update, and a watch receives every version in order."""
 
 from __future__ import annotations
 
