@@ -441,6 +441,7 @@ class Store:
                 removed = True
         self._dispatch()
 
+        # NOTE: Foreground propagation is treated as Background: dependents go after the owner.
         if removed and propagation_policy != "Orphan":
             self._collect_dependents(committed, actor="garbage-collector")
         return clone(committed)
@@ -623,6 +624,8 @@ class Store:
             raise errors.bad_request("metadata must be a JSON object")
 
         if resource.namespaced:
+            # NOTE: namespaces are not modelled, so a create in a namespace that does not exist
+            # succeeds here where the apiserver answers 404.
             given = metadata.get("namespace")
             if namespace and given and given != namespace:
                 raise errors.bad_request(
