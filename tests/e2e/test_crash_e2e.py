@@ -1,10 +1,10 @@
-"""Operations survive crashes: a worker SIGKILLed inside each step, and a Temporal server restart.
+"""Operations survive crashes: a worker SIGKILLed inside each step or the undo, and a Temporal restart.
 
 Every case runs against the real Temporal dev server, `python worker.py` processes, the
 simulator over HTTP and PostgreSQL. A simulator fault holds a step open, the worker is killed
 while it runs the step's activity, and a new worker takes over. The tests then check that the
-operation ends as a normal success would: one spec write per change, one VMIM of the operation's
-own, each ledger event once and a valid chain.
+operation ends as it would without the crash: one spec write per change, one VMIM of the
+operation's own per migration, each ledger event once and a valid chain.
 
 Temporal notices a killed worker only through timeouts. The backfill, migrate and verify
 activities send heartbeats (10 s heartbeat timeout), but validate and patch_spec do not, so their
@@ -76,6 +76,7 @@ ACTIVITIES = {
     Step.PATCH: "patch_spec",
     Step.MIGRATE: "migrate",
     Step.VERIFY: "verify",
+    Step.UNDO: "undo",
 }
 
 NORMAL_EVENTS = [
@@ -88,7 +89,21 @@ NORMAL_EVENTS = [
     ("result", "succeeded"),
 ]
 
-# What an operation that backfills MACs and restarts the VM records when nothing crashes.
+# Ledger events of an operation whose 3 migration attempts all fail. The two migrate retries are
+# the documented ones (MAX_MIGRATION_ATTEMPTS in workflows/policies.py).
+UNDONE_EVENTS = [
+    ("request", "started"),
+    ("validate", "succeeded"),
+    ("backfill", "skipped"),
+    ("patch", "succeeded"),
+    ("migrate", "retried"),
+    ("migrate", "retried"),
+    ("migrate", "failed"),
+    ("undo", "undone"),
+    ("result", "undone"),
+]
+
+# Ledger events of an operation that backfills MACs and restarts the VM, when nothing crashes.
 BACKFILL_EVENTS = [
     ("request", "started"),
     ("validate", "succeeded"),
@@ -156,6 +171,9 @@ CASES = [
     CrashCase("hotplug", Step.MIGRATE, "web-01", CREATE_LOST),
 ]
 
+# Every migration attempt fails, so the operation runs its undo, and the worker dies inside it.
+UNDO_CASES = [CrashCase(kind, Step.UNDO, "web-01") for kind in ("hotplug", "unplug")]
+
 RESTART_CASE = "temporal-restart"
 
 
@@ -189,6 +207,8 @@ class Outcome:
     worker_alive: bool = False
     step_attempts: list[int] = field(default_factory=list)
     vmi_uid_before: str | None = None
+    interfaces_before: list[dict] = field(default_factory=list)
+    networks_before: list[dict] = field(default_factory=list)
     logs: str = ""
 
     def explain(self) -> str:
@@ -219,6 +239,8 @@ def arm(run: CaseRun) -> None:
         # The spec patch lands but its response never comes, so the retry must not patch again.
         run.fault_id = sim.http_faults.add(timeout=True, method="PATCH", plural="virtualmachines", name=case.vm,
                                            count=1, after_commit=True, hold_seconds=HOLD_SECONDS)
+    elif case.step == Step.UNDO:
+        sim.faults.fail_migration("Running", f"default/{case.vm}")
     elif case.step == Step.MIGRATE and case.point == CREATE_LOST:
         run.fault_id = sim.http_faults.add(timeout=True, method="POST", plural="virtualmachineinstancemigrations",
                                            count=1, after_commit=True, hold_seconds=HOLD_SECONDS)
@@ -245,6 +267,12 @@ async def hold(run: CaseRun) -> None:
         sim.faults.clear()
     if case.step == Step.MIGRATE and not case.point:
         await wait_until(lambda: migration_running(run), HOLD_TIMEOUT, f"{case.name}: a VMIM held in phase Running")
+    if case.step == Step.UNDO:
+        # A VMIM exists only after the spec patch, so the next patch of the VM is the undo's.
+        # It lands, but its response never comes.
+        await wait_until(lambda: migration_exists(run), HOLD_TIMEOUT, f"{case.name}: a VMIM of the operation")
+        run.fault_id = sim.http_faults.add(timeout=True, method="PATCH", plural="virtualmachines", name=case.vm,
+                                           count=1, after_commit=True, hold_seconds=HOLD_SECONDS)
 
     activity = ACTIVITIES[case.step]
     await wait_until(lambda: activity_started(handle, activity), HOLD_TIMEOUT, f"{case.name}: activity {activity} started")
@@ -266,10 +294,18 @@ async def release(run: CaseRun) -> None:
         await wait_until(lambda: activity_started(handle, activity, min_attempt=2), RESULT_TIMEOUT,
                          f"{case.name}: {activity} retried on the new worker")
         run.sim.faults.disconnect_agent(f"default/{case.vm}", on=False)
+    elif case.step == Step.UNDO:
+        # Should the undo need a migration of its own, it must succeed.
+        run.sim.faults.clear()
 
 
 async def fault_fired(sim: Simulator, fault_id: str) -> bool:
     return http_fault_fired(sim, fault_id)
+
+
+async def migration_exists(run: CaseRun) -> bool:
+    migrations = await asyncio.to_thread(run.kube.list_migrations, "default", run.case.vm)
+    return bool(migrations)
 
 
 async def migration_running(run: CaseRun) -> bool:
@@ -358,6 +394,9 @@ async def run_crash_case(case: CrashCase, server: DevServer, folder: Path, schem
         run = CaseRun(case, stack.sim, stack.kube)
         vmi = await asyncio.to_thread(stack.kube.get_vmi, "default", case.vm)
         outcome.vmi_uid_before = vmi["metadata"]["uid"]
+        vm = await asyncio.to_thread(stack.kube.get_vm, "default", case.vm)
+        outcome.interfaces_before = vm["spec"]["template"]["spec"]["domain"]["devices"]["interfaces"]
+        outcome.networks_before = vm["spec"]["template"]["spec"]["networks"]
 
         first = stack.start_worker(settings)
         arm(run)
@@ -431,16 +470,17 @@ async def run_restart_case(folder: Path, schema_path: Path) -> Outcome:
 async def outcomes(tmp_path_factory: pytest.TempPathFactory, kubevirt_schema_path: Path) -> AsyncIterator[dict[str, Outcome]]:
     """Run every crash case and the Temporal restart at the same time, and map case names to outcomes."""
     root = tmp_path_factory.mktemp("crash")
-    server = DevServer(temporal_binary(), root / "temporal.log", namespaces=tuple(f"crash-{case.name}" for case in CASES))
+    crash_cases = CASES + UNDO_CASES
+    server = DevServer(temporal_binary(), root / "temporal.log", namespaces=tuple(f"crash-{case.name}" for case in crash_cases))
     server.start()
     try:
         await server.connect()
-        runs = [run_crash_case(case, server, root / case.name, kubevirt_schema_path) for case in CASES]
+        runs = [run_crash_case(case, server, root / case.name, kubevirt_schema_path) for case in crash_cases]
         runs.append(run_restart_case(root / RESTART_CASE, kubevirt_schema_path))
         results = await asyncio.gather(*runs)
     finally:
         await asyncio.to_thread(server.stop)
-    names = [case.name for case in CASES] + [RESTART_CASE]
+    names = [case.name for case in crash_cases] + [RESTART_CASE]
     yield dict(zip(names, results))
 
 
@@ -536,6 +576,44 @@ def test_worker_crash(case: CrashCase, outcomes: dict[str, Outcome]):
         check_hotplugged(outcome, case.interface)
     else:
         check_unplugged(outcome, case.interface)
+
+
+@pytest.mark.parametrize("case", UNDO_CASES, ids=lambda case: case.name)
+def test_worker_crash_in_undo(case: CrashCase, outcomes: dict[str, Outcome]):
+    outcome = outcomes[case.name]
+
+    assert outcome.error is None, outcome.explain()
+    result = outcome.result
+    assert result is not None
+    assert result.operation_id == outcome.operation_id
+    assert result.status == OperationStatus.UNDONE, result.message
+    assert result.reason_code == "MIGRATION_FAILED"
+    assert outcome.row_status == "undone"
+    assert outcome.worker_alive
+    assert len(outcome.step_attempts) == 1
+    assert outcome.step_attempts[0] >= 2
+
+    # The change and its undo: two spec writes, and the spec is back as it was.
+    assert len(outcome.spec_writes) == 2
+    spec = outcome.vm["spec"]["template"]["spec"]
+    assert spec["domain"]["devices"]["interfaces"] == outcome.interfaces_before
+    assert spec["networks"] == outcome.networks_before
+
+    # One VMIM per migration attempt, all failed; the undo needed none of its own.
+    own = own_migrations(outcome, result.operation_id)
+    assert sorted(m["metadata"]["name"] for m in own) == [f"nicflow-{result.operation_id}-{n}" for n in (1, 2, 3)]
+    assert len(outcome.migrations) == 3
+    assert [m["status"]["phase"] for m in own] == ["Failed", "Failed", "Failed"]
+
+    assert outcome.events == UNDONE_EVENTS
+    assert outcome.chain_ok, outcome.chain_problem
+
+    assert outcome.vmi["status"]["phase"] == "Running"
+    assert condition_status(outcome.vmi, "Ready") == "True"
+    if case.kind == "hotplug":
+        assert status_interface(outcome.vmi, case.interface) is None
+    else:
+        assert "domain" in info_sources(status_interface(outcome.vmi, case.interface))
 
 
 @pytest.mark.xfail(
