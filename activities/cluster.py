@@ -11,8 +11,9 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from kubernetes.client.exceptions import ApiException
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -42,6 +43,14 @@ T = TypeVar("T")
 
 # Attempts of one write when the VM keeps changing under it (409 Conflict each time).
 MAX_CONFLICT_RETRIES = 8
+
+# A read that fails with 429, 5xx or a dropped connection is tried again inside the activity,
+# after 0.2 s, 0.4 s, ... at most 5 s (or the server's Retry-After when longer), up to 6 times in
+# all. A poll loop then survives a short API outage without losing its place; longer outages
+# fail the attempt and fall back to the activity's retry policy.
+READ_ATTEMPTS = 6
+READ_BACKOFF_SECONDS = 0.2
+READ_BACKOFF_MAX_SECONDS = 5.0
 
 
 def migration_name(operation_id: str, attempt: int) -> str:
@@ -86,6 +95,73 @@ def cluster_call(function: Callable[..., T]) -> Callable[..., T]:
     return wrapper
 
 
+def _creator(migration: dict, adopted: bool) -> str:
+    """Name who created a VMIM: nicflow, or the generateName prefix of the controller that did."""
+    if not adopted:
+        return "nicflow"
+    return (migration["metadata"].get("generateName") or "other").rstrip("-")
+
+
+def _migratable_besides_migrations(vmi: dict) -> bool:
+    """Apply the live-migratable rule to a VMI, disregarding Harvester's mark of a migration in flight.
+
+    Another migration in flight, such as the workload updater's, is adopted by the next attempt,
+    so it is no reason to stop retrying.
+    """
+    metadata = vmi.get("metadata", {})
+    annotations = {
+        key: value for key, value in (metadata.get("annotations") or {}).items()
+        if key not in (rules.MIGRATION_UID_ANNOTATION, rules.MIGRATION_STATE_ANNOTATION)
+    }
+    return rules.is_live_migratable({**vmi, "metadata": {**metadata, "annotations": annotations}}).passed
+
+
+def _retry_after(error: Exception) -> float:
+    """Return the seconds a 429 or 503 answer asks the client to wait (Retry-After), or 0."""
+    if not isinstance(error, ApiException) or not error.headers:
+        return 0.0
+    try:
+        return max(float(error.headers.get("Retry-After") or 0), 0.0)
+    except ValueError:
+        return 0.0
+
+
+class RetryingReads:
+    """A KubeVirtClient whose get_* and list_* calls retry transient API errors with back-off.
+
+    Writes pass through unchanged: a write that timed out may have landed, so only the caller
+    can tell whether sending it again is safe.
+    """
+
+    def __init__(self, client: KubeVirtClient) -> None:
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute) or not name.startswith(("get_", "list_")):
+            return attribute
+        return functools.partial(self._read, name, attribute)
+
+    def _read(self, name: str, read: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        attempt = 1
+        delay = READ_BACKOFF_SECONDS
+        while True:
+            try:
+                return read(*args, **kwargs)
+            except Exception as error:  # noqa: BLE001 - classify() re-raises what it does not know
+                cluster_error = classify(error)
+                if not cluster_error.retryable or attempt >= READ_ATTEMPTS:
+                    raise
+                wait = max(delay, _retry_after(error))
+                logger.warning("%s%s failed (attempt %d of %d), retrying in %.1f s: %s",
+                               name, args, attempt, READ_ATTEMPTS, wait, cluster_error)
+                if activity.in_activity():
+                    activity.heartbeat({"retrying": name})
+                time.sleep(wait)
+                attempt += 1
+                delay = min(delay * 2, READ_BACKOFF_MAX_SECONDS)
+
+
 class ClusterActivities:
     """The cluster steps, bound to one API client factory and the ledger (for MAC reservations)."""
 
@@ -97,8 +173,9 @@ class ClusterActivities:
 
     @property
     def kube(self) -> KubeVirtClient:
+        """The API client; its reads retry transient errors (see RetryingReads)."""
         if self._client is None:
-            self._client = self._client_factory()
+            self._client = cast(KubeVirtClient, RetryingReads(self._client_factory()))
         return self._client
 
     def _sleep(self, details: Any = None) -> None:
@@ -382,6 +459,8 @@ class ClusterActivities:
         else:
             logger.info("migrate started %s for %s", name, _context(ref))
 
+        source_uid = vmi["metadata"]["uid"]
+        source_node = vmi.get("status", {}).get("nodeName")
         seen_phase = None
         while True:
             current = self.kube.get_migration(ref.vm_namespace, name)
@@ -391,9 +470,33 @@ class ClusterActivities:
             if phase != seen_phase:
                 logger.info("migration %s phase %s for %s", name, phase or "(unset)", _context(ref))
                 seen_phase = phase
+            if phase != "Succeeded" and self._restarted_with_change(ref, source_uid):
+                return self._migration_overtaken(ref, current, adopted)
             if phase in ("Succeeded", "Failed"):
-                return self._migration_result(ref, current, adopted)
+                return self._migration_result(ref, current, adopted, source_uid, source_node)
             self._sleep({"migration": name, "phase": phase})
+
+    def _restarted_with_change(self, ref: OperationRef, source_uid: str) -> bool:
+        """Tell whether the VM restarted since the migration began and its new VMI already shows the change.
+
+        A restarted VM starts with the VM spec as it is, so the change needs no migration any more.
+        """
+        vmi = self.kube.get_vmi(ref.vm_namespace, ref.vm_name)
+        if vmi is None or vmi["metadata"]["uid"] == source_uid:
+            return False
+        return self._change_done(ref, vmi)
+
+    def _migration_overtaken(self, ref: OperationRef, migration: dict, adopted: bool) -> MigrateResult:
+        """Stop following a migration of a VMI that restarted with the change, aborting it when it is ours."""
+        name = migration["metadata"]["name"]
+        phase = migration.get("status", {}).get("phase") or ""
+        if not adopted and phase not in ("Succeeded", "Failed"):
+            # The VMIM belongs to the VMI that was deleted; KubeVirt fails it, and the delete
+            # makes sure that it never migrates the new VMI.
+            self.kube.delete_migration(ref.vm_namespace, name)
+        logger.info("VM restarted during migration %s (phase %s) and its new VMI has the change, for %s",
+                    name, phase or "(unset)", _context(ref))
+        return MigrateResult(migration_name=name, phase="NotNeeded", adopted=adopted, created_by=_creator(migration, adopted))
 
     def _find_or_create_migration(self, ref: OperationRef, own_name: str, vmi: dict) -> dict:
         existing = self.kube.list_migrations(ref.vm_namespace, ref.vm_name)
@@ -437,7 +540,13 @@ class ClusterActivities:
                         return migration
             raise
 
-    def _migration_result(self, ref: OperationRef, migration: dict, adopted: bool) -> MigrateResult:
+    def _migration_result(self, ref: OperationRef, migration: dict, adopted: bool, source_uid: str,
+                          source_node: str | None) -> MigrateResult:
+        """Summarize a finished migration; after a failure, say whether a retry may run.
+
+        A retry makes sense only while the same VMI still runs, Ready, on the node it was
+        migrating from, and is still live migratable.
+        """
         status = migration.get("status", {})
         state = status.get("migrationState") or {}
         vmi = self.kube.get_vmi(ref.vm_namespace, ref.vm_name)
@@ -450,13 +559,18 @@ class ClusterActivities:
             migration_name=migration["metadata"]["name"],
             phase=status.get("phase", ""),
             adopted=adopted,
-            created_by="nicflow" if not adopted else migration["metadata"].get("generateName", "other").rstrip("-"),
+            created_by=_creator(migration, adopted),
             source_node=state.get("sourceNode") or vmi_state.get("sourceNode"),
             target_node=state.get("targetNode") or vmi_state.get("targetNode"),
             phases=phases,
             failure_reason=vmi_state.get("failureReason") if status.get("phase") == "Failed" else None,
-            vm_still_on_source=vmi is not None and vmi_running_and_ready(vmi),
-            migratable=vmi is not None and rules.is_live_migratable(vmi).passed,
+            vm_still_on_source=(
+                vmi is not None
+                and vmi_running_and_ready(vmi)
+                and vmi["metadata"]["uid"] == source_uid
+                and vmi.get("status", {}).get("nodeName") == source_node
+            ),
+            migratable=vmi is not None and _migratable_besides_migrations(vmi),
         )
         logger.info("migration %s ended %s for %s", result.migration_name, result.phase, _context(ref))
         return result

@@ -88,6 +88,19 @@ def _failure_type(error: BaseException) -> str:
     return type(cause).__name__
 
 
+def _failure_details(error: BaseException) -> dict[str, Any]:
+    """Return the ledger details of a failed activity: its error type, plus the HTTP code and
+    reason when the Kubernetes API rejected a call."""
+    details: dict[str, Any] = {"error_type": _failure_type(error)}
+    cause = error.cause if isinstance(error, ActivityError) else error
+    if isinstance(cause, ApplicationError) and cause.details and isinstance(cause.details[0], dict):
+        api_error = cause.details[0]
+        if "code" in api_error:
+            details["http_code"] = api_error["code"]
+            details["http_reason"] = api_error.get("reason")
+    return details
+
+
 class NicWorkflow:
     """Steps shared by hot-plug and unplug; the subclasses differ only in their request type."""
 
@@ -231,7 +244,13 @@ class NicWorkflow:
         # Step 1: validate every rule before anything changes.
         self._progress.current_step = Step.VALIDATE
         step_started = workflow.now()
-        validation: ValidateResult = await self._activity("validate", ref, ValidateResult, policies.VALIDATE)
+        try:
+            validation: ValidateResult = await self._activity("validate", ref, ValidateResult, policies.VALIDATE)
+        except ActivityError as error:
+            _raise_if_cancelled(error)
+            message = f"validation failed: {_failure_message(error)}"
+            await self._record(Step.VALIDATE, Outcome.FAILED, message, step_started, _failure_details(error))
+            return await self._finish(request, OperationStatus.FAILED, message, reason_code="VALIDATE_FAILED")
         verdicts = {"verdicts": [v.model_dump() for v in validation.verdicts]}
         if validation.rejected:
             await self._record(Step.VALIDATE, Outcome.REJECTED, validation.message, step_started,
@@ -256,7 +275,7 @@ class NicWorkflow:
             except ActivityError as error:
                 _raise_if_cancelled(error)
                 message = f"backfill failed: {_failure_message(error)}"
-                await self._record(Step.BACKFILL, Outcome.FAILED, message, step_started, {"error_type": _failure_type(error)})
+                await self._record(Step.BACKFILL, Outcome.FAILED, message, step_started, _failure_details(error))
                 return await self._finish(request, OperationStatus.FAILED, message, reason_code="BACKFILL_FAILED")
             await self._record(Step.BACKFILL, backfill.outcome, backfill.message, step_started, backfill.details)
         else:
@@ -272,7 +291,7 @@ class NicWorkflow:
         except ActivityError as error:
             _raise_if_cancelled(error)
             message = f"patching the VM spec failed: {_failure_message(error)}"
-            await self._record(Step.PATCH, Outcome.FAILED, message, step_started, {"error_type": _failure_type(error)})
+            await self._record(Step.PATCH, Outcome.FAILED, message, step_started, _failure_details(error))
             return await self._finish(request, OperationStatus.FAILED, message, reason_code="PATCH_FAILED", mac=ref.mac)
         await self._record(Step.PATCH, patched.outcome, patched.message, step_started, patched.details)
 
@@ -302,23 +321,36 @@ class NicWorkflow:
             except ActivityError as error:
                 _raise_if_cancelled(error)
                 message = f"migration failed: {_failure_message(error)}"
-                await self._record(Step.MIGRATE, Outcome.FAILED, message, step_started, {"error_type": _failure_type(error)})
+                await self._record(Step.MIGRATE, Outcome.FAILED, message, step_started, _failure_details(error))
                 raise StepFailed(Step.MIGRATE, message, "MIGRATION_FAILED") from error
             details = migration.model_dump()
             if migration.phase != "Failed":
                 note = "adopted" if migration.adopted else "created"
-                message = (
-                    f"migration {migration.migration_name} ({note}) succeeded from {migration.source_node} to {migration.target_node}"
-                    if migration.migration_name
-                    else "the VMI already shows the change; no migration needed"
-                )
+                if migration.phase == "NotNeeded" and migration.migration_name:
+                    message = (f"the VM restarted during migration {migration.migration_name} ({note}), and the new VMI "
+                               "already has the change; no further migration needed")
+                elif migration.phase == "NotNeeded":
+                    message = "the VMI already shows the change; no migration needed"
+                else:
+                    message = (f"migration {migration.migration_name} ({note}) succeeded from {migration.source_node} "
+                               f"to {migration.target_node}")
                 await self._record(Step.MIGRATE, Outcome.SUCCEEDED, message, step_started, details)
                 break
-            retry = attempt < policies.MAX_MIGRATION_ATTEMPTS and migration.vm_still_on_source and migration.migratable
             message = f"migration {migration.migration_name} failed: {migration.failure_reason or 'no reason reported'}"
-            await self._record(Step.MIGRATE, Outcome.RETRIED if retry else Outcome.FAILED, message, step_started, details)
-            if not retry:
+            if attempt >= policies.MAX_MIGRATION_ATTEMPTS:
+                stop_reason = f"all {policies.MAX_MIGRATION_ATTEMPTS} attempts failed"
+            elif not migration.vm_still_on_source:
+                stop_reason = f"the VMI no longer runs on its source node {migration.source_node}"
+            elif not migration.migratable:
+                stop_reason = "the VMI is no longer live migratable"
+            else:
+                stop_reason = None
+            if stop_reason is not None:
+                message = f"{message}; not retried: {stop_reason}"
+                await self._record(Step.MIGRATE, Outcome.FAILED, message, step_started, details)
                 raise StepFailed(Step.MIGRATE, message, "MIGRATION_FAILED")
+            message = f"{message}; retrying (attempt {attempt + 1} of {policies.MAX_MIGRATION_ATTEMPTS})"
+            await self._record(Step.MIGRATE, Outcome.RETRIED, message, step_started, details)
 
         self._progress.current_step = Step.VERIFY
         step_started = workflow.now()
@@ -335,7 +367,7 @@ class NicWorkflow:
         except ActivityError as error:
             _raise_if_cancelled(error)
             message = f"verification failed: {_failure_message(error)}"
-            await self._record(Step.VERIFY, Outcome.FAILED, message, step_started, {"error_type": _failure_type(error)})
+            await self._record(Step.VERIFY, Outcome.FAILED, message, step_started, _failure_details(error))
             raise StepFailed(Step.VERIFY, message, "VERIFY_FAILED") from error
         await self._record(Step.VERIFY, Outcome.SUCCEEDED, verified.message, step_started,
                            {"guest_interface_name": verified.guest_interface_name, "info_source": verified.info_source,
