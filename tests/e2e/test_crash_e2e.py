@@ -70,6 +70,9 @@ HOLD_TIMEOUT = 120.0
 # long before that.
 HOLD_SECONDS = 600.0
 
+# Real seconds the Temporal server stays down: more than migrate's 10 s heartbeat timeout.
+OUTAGE_SECONDS = 12.0
+
 ACTIVITIES = {
     Step.VALIDATE: "validate",
     Step.BACKFILL: "backfill",
@@ -445,7 +448,10 @@ async def run_restart_case(folder: Path, schema_path: Path) -> Outcome:
         await wait_until(lambda: migration_running(run), HOLD_TIMEOUT, "a VMIM held in phase Running")
         await wait_until(lambda: activity_started(handle, "migrate"), HOLD_TIMEOUT, "activity migrate started")
 
+        # The outage outlasts migrate's heartbeat timeout, so the server may also have to retry
+        # the activity, and the worker's long polls and heartbeats fail for a while.
         server.kill()
+        await asyncio.sleep(OUTAGE_SECONDS)
         server.start()
         client = await server.connect()
         stack.sim.faults.clear()
@@ -455,6 +461,7 @@ async def run_restart_case(folder: Path, schema_path: Path) -> Outcome:
         assert stack.ledger_url is not None
         await asyncio.to_thread(collect, outcome, result, stack.sim, stack.kube, stack.ledger_url, "web-01")
         outcome.worker_alive = worker.process is not None and worker.process.poll() is None
+        outcome.step_attempts = await final_attempts(handle, "migrate")
     except Exception as error:  # noqa: BLE001 - the test reports it with the logs
         logger.exception("Temporal restart case failed")
         outcome.error = f"{type(error).__name__}: {error}"
@@ -640,6 +647,7 @@ def test_temporal_restart(outcomes: dict[str, Outcome]):
     assert result.status == OperationStatus.SUCCEEDED, result.message
     assert outcome.row_status == "succeeded"
     assert outcome.worker_alive
+    assert len(outcome.step_attempts) == 1
     assert len(outcome.spec_writes) == 1
     own = own_migrations(outcome, result.operation_id)
     assert len(own) == 1
