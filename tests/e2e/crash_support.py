@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
@@ -130,27 +131,21 @@ class DevServer:
         if self.process is not None:
             _end_process(self.process, signal.SIGTERM)
 
-    async def connect(self, namespace: str = "default", timeout: float = 30.0) -> Client:
+    async def connect(self, namespace: str = "default", timeout: float = 60.0) -> Client:
         """Connect once the frontend accepts calls in `namespace`, or raise TimeoutError after `timeout` s."""
         async def attempt() -> Client:
             while True:
                 if self.process is not None and self.process.poll() is not None:
-                    raise RuntimeError(f"Temporal dev server exited with {self.process.returncode}; see {self.log_path}")
+                    raise RuntimeError(f"Temporal dev server exited with code {self.process.returncode}, see {self.log_path}")
                 try:
                     client = await Client.connect(self.address, namespace=namespace, data_converter=pydantic_data_converter)
-                    await client.workflow_service.get_system_info(_system_info_request())
+                    await client.workflow_service.get_system_info(GetSystemInfoRequest())
                     return client
                 except (RuntimeError, RPCError) as error:
                     logger.debug("Temporal dev server on %s not ready: %s", self.address, error)
                 await asyncio.sleep(0.2)
 
         return await asyncio.wait_for(attempt(), timeout)
-
-
-def _system_info_request():
-    from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
-
-    return GetSystemInfoRequest()
 
 
 async def wait_until(condition: Callable[[], Awaitable[bool]], timeout: float, description: str) -> None:
@@ -179,8 +174,8 @@ async def activity_started(handle: WorkflowHandle, activity_type: str, min_attem
 async def final_attempts(handle: WorkflowHandle, activity_type: str) -> list[int]:
     """Return the attempt number that ended each run of `activity_type`, read from the workflow history.
 
-    Temporal writes only the last attempt of an activity into the history, so a value of 2 or
-    more shows that an attempt was lost (for example with its worker) and retried.
+    Temporal (server 1.32 here) writes only the last attempt of an activity into the history, so
+    a value of 2 or more shows that an attempt was lost (for example with its worker) and retried.
     """
     scheduled: set[int] = set()
     attempts: list[int] = []
@@ -231,7 +226,7 @@ def create_database() -> str:
 
 
 def upgrade_database(url: str) -> None:
-    """Create the ledger schema; safe to call from several threads at once."""
+    """Create the ledger schema, one upgrade at a time, so that several threads may call it at once."""
     with _UPGRADE_LOCK:
         upgrade(url)
 
