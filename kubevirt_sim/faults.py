@@ -45,6 +45,7 @@ class ClusterFaults:
         self._stalls: list[MigrationFault] = []
         self._targets_unschedulable = False
         self._agents_disconnected: set[str] = set()
+        self._hidden_from_agent: set[tuple[str, str]] = set()
         self._ports_exhausted: set[str] = set()
         self._node_ready: dict[str, bool] = {}
 
@@ -97,6 +98,20 @@ class ClusterFaults:
         logger.info("fault %s: guest agent of VMI %s disconnected", "set" if on else "cleared", vmi)
         self._notify()
 
+    def hide_from_agent(self, vmi: str, interface: str, on: bool = True) -> None:
+        """Keep a VMI's ('name' or 'namespace/name') guest agent connected but silent about one interface.
+
+        virt-handler then never adds guest-agent data or a guest interface name to that
+        interface's status entry, as when the guest has no driver for the device.
+        """
+        with self._lock:
+            if on:
+                self._hidden_from_agent.add((vmi, interface))
+            else:
+                self._hidden_from_agent.discard((vmi, interface))
+        logger.info("fault %s: guest agent of VMI %s does not report interface %s", "set" if on else "cleared", vmi, interface)
+        self._notify()
+
     def exhaust_root_ports(self, vmi: str, on: bool = True) -> None:
         """Leave a VMI ('name' or 'namespace/name') no free PCIe root port, so attaches stall."""
         with self._lock:
@@ -121,6 +136,7 @@ class ClusterFaults:
             self._stalls.clear()
             self._targets_unschedulable = False
             self._agents_disconnected.clear()
+            self._hidden_from_agent.clear()
             self._ports_exhausted.clear()
             self._node_ready = {node: True for node in self._node_ready}
         logger.info("cluster faults cleared")
@@ -145,6 +161,10 @@ class ClusterFaults:
         with self._lock:
             return any(vmi_matches(s, namespace, vmi) for s in self._agents_disconnected)
 
+    def hidden_from_agent(self, namespace: str, vmi: str, interface: str) -> bool:
+        with self._lock:
+            return any(name == interface and vmi_matches(s, namespace, vmi) for s, name in self._hidden_from_agent)
+
     def root_ports_exhausted(self, namespace: str, vmi: str) -> bool:
         with self._lock:
             return any(vmi_matches(s, namespace, vmi) for s in self._ports_exhausted)
@@ -167,6 +187,7 @@ class ClusterFaults:
                 "stall_migration": [{"phase": f.phase, "vmi": f.vmi} for f in self._stalls],
                 "targets_unschedulable": self._targets_unschedulable,
                 "agents_disconnected": sorted(self._agents_disconnected),
+                "hidden_from_agent": [{"vmi": s, "interface": name} for s, name in sorted(self._hidden_from_agent)],
                 "root_ports_exhausted": sorted(self._ports_exhausted),
                 "node_ready": dict(self._node_ready),
             }

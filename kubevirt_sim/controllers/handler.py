@@ -68,6 +68,8 @@ class VirtHandler:
             # disconnected; whether virt-handler drops it then was not checked.
             if condition_is_true(current, "AgentConnected") and not agent_fault:
                 for interface_name in handlersync.agent_report_candidates(current):
+                    if self.faults.hidden_from_agent(namespace, name, interface_name):
+                        continue
                     since = runtime.attached_at.get(interface_name)
                     if since is not None and now - since < AGENT_REPORT_SECONDS:
                         waits.append(AGENT_REPORT_SECONDS - (now - since))

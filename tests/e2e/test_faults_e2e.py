@@ -332,3 +332,22 @@ async def test_verify_timeout_without_agent_warns(sim, client, settings, worker,
     verify = [e for e in ledger.list_events(result.operation_id) if e.step == "verify"]
     assert [e.outcome for e in verify] == ["succeeded"]
     assert verify[0].details["warning"] == result.warnings[0]
+
+
+async def test_verify_timeout_with_agent_undoes(sim, client, settings, worker, kube: KubeVirtClient, ledger: Ledger):
+    before = spec_lists(kube)
+    sim.faults.hide_from_agent("default/web-01", "nic-2")
+
+    result = await run_operation(client, settings, hotplug_request(verify_timeout_seconds=1.0))
+
+    sim.faults.clear()
+    assert result.status == OperationStatus.UNDONE, result.message
+    assert result.reason_code == "VERIFY_FAILED"
+    assert "interface nic-2 not verified in the guest within 1 s" in result.message
+    interfaces, networks = spec_lists(kube)
+    assert by_name(interfaces) == by_name(before[0])
+    assert by_name(networks) == by_name(before[1])
+    assert status_interface(kube.get_vmi("default", "web-01"), "nic-2") is None
+    events = ledger.list_events(result.operation_id)
+    assert [(e.step, e.outcome) for e in events][-3:] == [("verify", "failed"), ("undo", "undone"), ("result", "undone")]
+    assert events[-3].details["error_type"] == "VerifyTimeout"
