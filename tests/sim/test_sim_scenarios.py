@@ -25,7 +25,7 @@ import pytest
 from kubevirt_sim import Simulator
 from kubevirt_sim.recorder import Change
 from tests.conftest import HARVESTER_FIXTURES
-from tests.sim.test_ctrl_faults import vm_action
+from tests.sim.test_ctrl_faults import vm_action, wait_sim_seconds
 from tests.sim.test_ctrl_hotplug import (
     GROUP,
     NAMESPACE,
@@ -187,10 +187,6 @@ def quiet_point(cluster: Cluster) -> int:
     wait_sim_seconds(cluster, 5)
     return max((c.resource_version for c in cluster.sim.recorder.query()), default=0)
 
-
-def wait_sim_seconds(cluster: Cluster, seconds: float) -> None:
-    start = cluster.sim.clock.monotonic()
-    wait_for(lambda: cluster.sim.clock.monotonic() - start >= seconds, f"{seconds} simulated seconds")
 
 
 def recorded(cluster: Cluster, plural: str, name: str, field: str, since: int) -> list[Change]:
