@@ -52,6 +52,7 @@ GENERATED_MAC = re.compile(r"^[0-9a-f][26ae](:[0-9a-f]{2}){5}$")
 MIGRATION_UID = "harvesterhci.io/migrationUID"
 MIGRATION_STATE = "harvesterhci.io/migrationState"
 MAC_ADDRESS = "harvesterhci.io/mac-address"
+NETWORKS = "k8s.v1.cni.cncf.io/networks"
 
 NOT_LIVE_MIGRATABLE = (
     'admission webhook "migration-create-validator.kubevirt.io" denied the request: '
@@ -336,10 +337,20 @@ def test_add_nic_timeline(cluster):
     assert vmi_interface.new["macAddress"] == mac
     assert vmi_network.resource_version == vmi_interface.resource_version
 
-    # MigrationRequired: False/AutoMigrationPending, then removed once the status entry exists.
+    # The VMI controller adds the network to the current pod's Multus annotation, which thin Multus ignores.
+    pod_networks = first(cluster.sim.recorder.query(plural="pods", field_prefix=f"metadata.annotations.{NETWORKS}", since=since),
+                         "the pod's Multus annotation")
+    assert pod_networks.actor == "virt-controller"
+    assert pod_networks.resource_version > vmi_interface.resource_version
+    assert {"name": "vlan200", "namespace": "default", "mac": mac, "interface": "pod3c50acb7c28"} in json.loads(pod_networks.new)
+
+    # MigrationRequired: False/AutoMigrationPending, then removed once the status entry exists; mirrored on the VM.
     required = condition_history(cluster, VMI, VM_NAME, "MigrationRequired", since)
+    mirrored = condition_history(cluster, VM, VM_NAME, "MigrationRequired", since)
     assert [summary for _, summary in required] == [("False", "AutoMigrationPending"), None]
     assert required[0][0].resource_version > vmi_interface.resource_version
+    assert [summary for _, summary in mirrored] == [("False", "AutoMigrationPending"), None]
+    assert mirrored[0][0].resource_version > required[0][0].resource_version
 
     # Harvester's annotations follow the VMIM: Pending migration, Migrating, then removed.
     created = first(cluster.sim.recorder.query(plural=VMIM, name=name), "VMIM created")
@@ -422,6 +433,15 @@ def test_remove_nic_timeline(cluster):
     assert detach.resource_version < by_phase["Running"].resource_version
     running_state = first(recorded(cluster, VMI, VM_NAME, "status.migrationState.startTimestamp", since), "migration start")
     assert detach.resource_version < running_state.resource_version
+
+    # The network leaves the current pod's Multus annotation, and the target pod is created without it.
+    pod_networks = first(cluster.sim.recorder.query(plural="pods", field_prefix=f"metadata.annotations.{NETWORKS}", since=since),
+                         "the pod's Multus annotation")
+    target_pod = first(cluster.sim.recorder.query(plural="pods", since=created.resource_version),
+                       "the target pod", lambda c: c.event == "ADDED")
+    assert pod_networks.resource_version > vmi_state.resource_version
+    assert json.loads(pod_networks.new) == []
+    assert json.loads(target_pod.new["metadata"]["annotations"][NETWORKS]) == []
 
     # MigrationRequired pending after the detach, removed once the entry is gone.
     required = condition_history(cluster, VMI, VM_NAME, "MigrationRequired", since)
@@ -509,6 +529,29 @@ def test_add_nic_vmim_denied(cluster):
     assert template_interface(cluster.vm("bridge-01"), "nic-2") is not None
     wait_for(lambda: (c := condition(cluster.vm("bridge-01"), "MigrationRequired")) and c["status"] == "True",
              "MigrationRequired True on the VM")
+
+
+def test_add_nic_vmim_create_fails(cluster):
+    cluster.sim.http_faults.add(code=500, method="POST", plural=VMIM, count=1)
+    since = quiet_point(cluster)
+    with pytest.raises(kubernetes.client.ApiException) as failed:
+        Harvester(cluster).add_nic(VM_NAME, "nic-2", "default/vlan200")
+    assert failed.value.status == 500
+    assert template_interface(cluster.vm(), "nic-2") is not None
+
+    # KubeVirt completes the hot-plug alone: MigrationRequired turns True after 15 s and its workload updater migrates.
+    automatic = wait_for(lambda: migrations_named(cluster, "kubevirt-workload-update-"), "an automatic VMIM")[0]
+    assert wait_final(cluster, automatic["metadata"]["name"])["status"]["phase"] == "Succeeded"
+    entry = wait_for(lambda: reported_by_agent(e := status_entry(cluster.vmi(), "nic-2")) and e, "nic-2 attached")
+    assert entry["mac"] == template_interface(cluster.vm(), "nic-2")["macAddress"]
+    assert [m["metadata"]["name"] for m in cluster.list(VMIM)] == [automatic["metadata"]["name"]]
+
+    required = condition_history(cluster, VMI, VM_NAME, "MigrationRequired", since)
+    created = first(cluster.sim.recorder.query(plural=VMIM, name=automatic["metadata"]["name"]), "automatic VMIM created")
+    assert [summary for _, summary in required] == [
+        ("False", "AutoMigrationPending"), ("True", "AutoMigrationDueToLiveUpdate"), None]
+    assert seconds_between(required[0][0].new["lastTransitionTime"], required[1][0].time) >= 15
+    assert created.resource_version > required[1][0].resource_version
 
 
 def stop_vm(cluster: Cluster, name: str = VM_NAME) -> None:
@@ -682,7 +725,7 @@ def test_cluster_network_on_source_only(tmp_path):
 # 5. E9: no free PCIe root port.
 
 
-def test_root_ports_exhausted_restart(tmp_path):
+def test_root_ports_exhausted_restart(tmp_path, caplog):
     # web-01 has 8 PCI devices and more than 2 GiB of memory, so max(16 - 8, 6) = 8 root ports are free.
     names = [f"nic-{letter}" for letter in "abcdefghi"]
     with running_cluster(tmp_path, speed=200, migration_seconds=10) as cluster:
@@ -705,6 +748,7 @@ def test_root_ports_exhausted_restart(tmp_path):
         assert status_entry(vmi, "nic-i")["infoSource"] == "multus-status"
         assert [source for _, source in info_source_history(cluster, VM_NAME, "nic-i", since)] == ["multus-status"]
         assert condition(vmi, "MigrationRequired") is None
+        assert any("libvirt failed to attach interface nic-i" in record.getMessage() for record in caplog.records)
 
         # A restart defines a new domain with every interface in the spec.
         old_uid = vmi["metadata"]["uid"]
