@@ -198,14 +198,18 @@ class ClusterActivities:
 
         Each takes one of the PCIe root ports reserved when the domain started.
         """
-        started = (vmi or {}).get("metadata", {}).get("creationTimestamp")
-        if not started:
+        uid = (vmi or {}).get("metadata", {}).get("uid")
+        if not uid:
             return 0
         count = 0
         for row in self._ledger.list_operations(limit=1000, vm=f"{ref.vm_namespace}/{ref.vm_name}", status="succeeded"):
-            if row.mode != "live" or row.finished_at is None or row.finished_at.strftime("%Y-%m-%dT%H:%M:%SZ") < started:
+            if row.mode != "live":
                 continue
-            count += 1 if row.kind == "hotplug" else -1
+            # The VMI uid recorded by validate ties the operation to one domain start; comparing
+            # timestamps instead would mix the worker's clock with the API server's.
+            validated = [e for e in self._ledger.list_events(row.operation_id) if e.step == "validate"]
+            if validated and validated[-1].details.get("vmi_uid") == uid:
+                count += 1 if row.kind == "hotplug" else -1
         return max(count, 0)
 
     @activity.defn(name="validate")
@@ -234,6 +238,7 @@ class ClusterActivities:
             verdicts=report,
             mode=mode,
             missing_macs=rules.missing_macs(view.vm),
+            vmi_uid=(view.vmi or {}).get("metadata", {}).get("uid"),
         )
 
         if ref.kind == OperationKind.UNPLUG:
@@ -291,44 +296,78 @@ class ClusterActivities:
     @activity.defn(name="backfill")
     @cluster_call
     def backfill(self, request: BackfillInput) -> StepResult:
-        """Write observed MACs into the VM spec; restart a running VM when the request allows it."""
+        """Write observed MACs into the VM spec; restart a running VM when the request allows it.
+
+        The ledger events of earlier attempts tell a retry how far the backfill got, so a retry
+        after a crash neither skips the restart nor restarts the VM twice.
+        """
         ref = request.ref
+        recorded = {event.outcome: event for event in self._ledger.list_events(ref.operation_id) if event.step == "backfill"}
         vm = self.kube.get_vm(ref.vm_namespace, ref.vm_name)
         missing = rules.missing_macs(vm)
-        if not missing:
+        if not missing and "macs-written" not in recorded:
             return StepResult(outcome=Outcome.SKIPPED, message="every interface has a MAC in the VM spec")
 
         vmi = self.kube.get_vmi(ref.vm_namespace, ref.vm_name)
-        observed = rules.observed_macs(vmi, vm)
-        unknown = [name for name in missing if name not in observed]
-        if unknown:
-            raise ApplicationError(
-                f"no observed MAC for interfaces {', '.join(unknown)} of VM {ref.vm_namespace}/{ref.vm_name}; "
-                "start the VM once so that KubeVirt reports them, then run the operation again",
-                type="BackfillImpossible",
-                non_retryable=True,
-            )
-        macs = {name: observed[name] for name in missing}
-        written = self._write_with_retry(ref, lambda current: patches.backfill_patch(current, macs))
-        self._backfill_event(ref, "macs-written", {"macs": macs, "patch": written["patch"]})
+        if missing:
+            observed = rules.observed_macs(vmi, vm)
+            unknown = [name for name in missing if name not in observed]
+            if unknown:
+                raise ApplicationError(
+                    f"no observed MAC for interfaces {', '.join(unknown)} of VM {ref.vm_namespace}/{ref.vm_name}; "
+                    "start the VM once so that KubeVirt reports them, then run the operation again",
+                    type="BackfillImpossible",
+                    non_retryable=True,
+                )
+            macs = {name: observed[name] for name in missing}
+            written = self._write_with_retry(ref, lambda current: patches.backfill_patch(current, macs))
+            self._backfill_event(ref, "macs-written", {"macs": macs, "patch": written["patch"]})
+        else:
+            macs = recorded["macs-written"].details["macs"]
         details: dict[str, Any] = {"macs": macs}
+        names = ", ".join(macs)
 
-        if vmi is None:
+        if vmi is None and "restart-requested" not in recorded:
             logger.info("backfill wrote MACs into stopped VM %s: %s", _context(ref), macs)
-            return StepResult(outcome=Outcome.SUCCEEDED, message=f"wrote MACs of {', '.join(missing)} into the VM spec", details=details)
+            return StepResult(outcome=Outcome.SUCCEEDED, message=f"wrote MACs of {names} into the VM spec", details=details)
 
-        old_uid = vmi["metadata"]["uid"]
-        logger.info("backfill restarting VM %s to apply MACs %s", _context(ref), macs)
-        self.kube.vm_action(ref.vm_namespace, ref.vm_name, "restart")
-        self._backfill_event(ref, "restart-requested", {"vmi_uid": old_uid})
+        if "restart-requested" in recorded:
+            old_uid = recorded["restart-requested"].details["vmi_uid"]
+        else:
+            old_uid = vmi["metadata"]["uid"]
+            # Recorded before the call: a retry then knows a restart may be under way already.
+            self._backfill_event(ref, "restart-requested", {"vmi_uid": old_uid})
+        if self._restart_needed(ref, old_uid):
+            logger.info("backfill restarting VM %s to apply MACs %s", _context(ref), macs)
+            self._restart(ref)
         details["restarted"] = True
         new_vmi = self._wait_until_running_again(ref, old_uid)
         self._backfill_event(ref, "running-ready", {"vmi_uid": new_vmi["metadata"]["uid"], "node": new_vmi.get("status", {}).get("nodeName")})
         return StepResult(
             outcome=Outcome.SUCCEEDED,
-            message=f"wrote MACs of {', '.join(missing)} into the VM spec, restarted the VM, and it is Running and Ready",
+            message=f"wrote MACs of {names} into the VM spec, restarted the VM, and it is Running and Ready",
             details=details,
         )
+
+    def _restart_needed(self, ref: OperationRef, old_uid: str) -> bool:
+        """Whether the VMI that had `old_uid` still runs with no stop or restart under way."""
+        vmi = self.kube.get_vmi(ref.vm_namespace, ref.vm_name)
+        if vmi is None or vmi["metadata"]["uid"] != old_uid or vmi["metadata"].get("deletionTimestamp"):
+            return False
+        vm = self.kube.get_vm(ref.vm_namespace, ref.vm_name) or {}
+        return not (vm.get("status") or {}).get("stateChangeRequests")
+
+    def _restart(self, ref: OperationRef) -> None:
+        """Call the VM's restart subresource, trying again when the VM changed at the same moment (409)."""
+        for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
+            try:
+                self.kube.vm_action(ref.vm_namespace, ref.vm_name, "restart")
+                return
+            except Exception as error:  # noqa: BLE001 - classify() re-raises what it does not know
+                if classify(error).code != 409 or attempt == MAX_CONFLICT_RETRIES:
+                    raise
+                logger.info("restart of %s conflicted (attempt %d), trying again", _context(ref), attempt)
+                self._sleep({"waiting": "restart-conflict"})
 
     def _backfill_event(self, ref: OperationRef, outcome: str, details: dict[str, Any]) -> None:
         """Record one part of a backfill at once, so the ledger shows a restart even if the step later fails."""
@@ -510,6 +549,10 @@ class ClusterActivities:
                 # same change; a second VMIM would be refused as an in-flight migration.
                 return migration
         if self._change_done(ref, vmi):
+            carried = self._migration_that_carried(existing, vmi)
+            if carried is not None:
+                logger.info("migration %s already carried the change for %s", carried["metadata"]["name"], _context(ref))
+                return carried
             return {"metadata": {"name": ""}, "_done_without_migration": True}
 
         body = {
@@ -540,6 +583,22 @@ class ClusterActivities:
                         return migration
             raise
 
+    def _migration_that_carried(self, migrations: list[dict], vmi: dict) -> dict | None:
+        """Return the succeeded VMIM that brought the change to a VMI that already shows it, if any.
+
+        A change reaches the domain only through a migration after the patch or through a restart.
+        A restarted VMI has no migrationState, so a completed one names the migration, typically
+        the workload updater's when it finished before this step looked.
+        """
+        state = vmi.get("status", {}).get("migrationState") or {}
+        if not state.get("completed") or state.get("failed"):
+            return None
+        for migration in migrations:
+            succeeded = migration.get("status", {}).get("phase") == "Succeeded"
+            if succeeded and migration["metadata"].get("uid") == state.get("migrationUid"):
+                return migration
+        return None
+
     def _migration_result(self, ref: OperationRef, migration: dict, adopted: bool, source_uid: str,
                           source_node: str | None) -> MigrateResult:
         """Summarize a finished migration; after a failure, say whether a retry may run.
@@ -551,6 +610,11 @@ class ClusterActivities:
         state = status.get("migrationState") or {}
         vmi = self.kube.get_vmi(ref.vm_namespace, ref.vm_name)
         vmi_state = (vmi or {}).get("status", {}).get("migrationState") or {}
+        if vmi_state.get("migrationUid") != migration["metadata"].get("uid"):
+            vmi_state = {}  # the VMI reports another migration, or none
+        failure_reason = None
+        if status.get("phase") == "Failed":
+            failure_reason = state.get("failureReason") or vmi_state.get("failureReason")
         phases = [
             {"phase": entry.get("phase", ""), "at": entry.get("phaseTransitionTimestamp", "")}
             for entry in status.get("phaseTransitionTimestamps") or []
@@ -560,10 +624,10 @@ class ClusterActivities:
             phase=status.get("phase", ""),
             adopted=adopted,
             created_by=_creator(migration, adopted),
-            source_node=state.get("sourceNode") or vmi_state.get("sourceNode"),
+            source_node=state.get("sourceNode") or vmi_state.get("sourceNode") or source_node,
             target_node=state.get("targetNode") or vmi_state.get("targetNode"),
             phases=phases,
-            failure_reason=vmi_state.get("failureReason") if status.get("phase") == "Failed" else None,
+            failure_reason=failure_reason,
             vm_still_on_source=(
                 vmi is not None
                 and vmi_running_and_ready(vmi)

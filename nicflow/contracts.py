@@ -63,6 +63,7 @@ class ValidateResult(BaseModel):
     mac_generated: bool = False
     cluster_network: str | None = None
     missing_macs: list[str] = Field(default_factory=list)
+    vmi_uid: str | None = None
     # The interface and network entries as they were before an unplug, so an undo can restore them.
     interface_spec: dict[str, Any] | None = None
     network_spec: dict[str, Any] | None = None

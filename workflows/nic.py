@@ -260,7 +260,7 @@ class NicWorkflow:
         ref.mac = validation.mac
         self._validation = validation
         await self._record(Step.VALIDATE, Outcome.SUCCEEDED, validation.message, step_started,
-                           {**verdicts, "mac_generated": validation.mac_generated,
+                           {**verdicts, "mac_generated": validation.mac_generated, "vmi_uid": validation.vmi_uid,
                             "operation": {"mac": validation.mac, "cluster_network": validation.cluster_network,
                                           "mode": str(validation.mode)}})
 
