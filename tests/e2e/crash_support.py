@@ -16,12 +16,14 @@ import threading
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.converter import DataConverter
 from temporalio.service import RPCError
 
 from kubevirt_sim import Simulator
@@ -169,6 +171,19 @@ async def activity_started(handle: WorkflowHandle, activity_type: str, min_attem
                 and pending.attempt >= min_attempt):
             return True
     return False
+
+
+async def heartbeat_details(handle: WorkflowHandle, activity_type: str) -> list[Any]:
+    """Return the decoded details of the last heartbeat the server holds for a running `activity_type`.
+
+    The Python SDK sends the first heartbeat at once and later ones at most every 80% of the heartbeat
+    timeout, so the server's copy can lag the activity by that much. Empty when none arrived.
+    """
+    description = await handle.describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.activity_type.name == activity_type and pending.heartbeat_details.payloads:
+            return DataConverter.default.payload_converter.from_payloads(list(pending.heartbeat_details.payloads))
+    return []
 
 
 async def final_attempts(handle: WorkflowHandle, activity_type: str) -> list[int]:
