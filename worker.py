@@ -10,6 +10,7 @@ import asyncio
 import logging
 import signal
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -60,6 +61,9 @@ def build_worker(client: Client, settings: Settings, *, poll_seconds: float = 1.
         ],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="nicflow-activity"),
         max_concurrent_activities=ACTIVITY_THREADS,
+        # Lets running activities finish a ledger write or an API call on SIGTERM instead of
+        # being interrupted in their threads; an activity still running after it is retried.
+        graceful_shutdown_timeout=timedelta(seconds=15),
     )
 
 

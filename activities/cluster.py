@@ -179,6 +179,9 @@ class ClusterActivities:
         return self._client
 
     def _sleep(self, details: Any = None) -> None:
+        """Heartbeat and wait one poll interval; on worker shutdown, end the attempt for a retry elsewhere."""
+        if activity.is_worker_shutdown():
+            raise ApplicationError("the worker is shutting down; another worker resumes this step", type="WorkerShutdown")
         activity.heartbeat(details)
         time.sleep(self._poll_seconds)
 
@@ -189,7 +192,7 @@ class ClusterActivities:
         for reservation in self._ledger.active_reservations():
             if reservation.operation_id != ref.operation_id:
                 reserved.setdefault(reservation.cluster_network, {})[reservation.mac] = reservation.operation_id
-        view = gather_view(self.kube, ref.vm_namespace, ref.vm_name, ref.network, reserved)
+        view = gather_view(self.kube, ref.vm_namespace, ref.vm_name, ref.network, reserved, on_progress=activity.heartbeat)
         view.hotplugged_since_start = self._hotplugged_since_start(ref, view.vmi)
         return view
 
@@ -388,6 +391,7 @@ class ClusterActivities:
     def _write_with_retry(self, ref: OperationRef, build: Callable[[dict], list[dict]]) -> dict:
         """Read the VM, build the patch against that version and send it; on 409 read again and rebuild."""
         for attempt in range(1, MAX_CONFLICT_RETRIES + 1):
+            activity.heartbeat({"writing": "vm-spec", "attempt": attempt})
             vm = self.kube.get_vm(ref.vm_namespace, ref.vm_name)
             if vm is None:
                 raise ApplicationError(

@@ -20,9 +20,10 @@ logger = logging.getLogger(__name__)
 KUBEVIRT = ("kubevirt.io", "v1")
 MULTUS = ("k8s.cni.cncf.io", "v1")
 
-# Seconds to connect and to read one answer; a hung API server then fails the call, and the
-# activity's retry policy tries again, instead of the activity hanging until its own timeout.
-REQUEST_TIMEOUT = (5, 20)
+# Seconds to connect and to read one answer. A hung API server then fails the call and the
+# retry policy tries again. The read limit stays below the activities' 10 s heartbeat timeout,
+# so that Temporal never starts a second attempt while one call of the first is still waiting.
+REQUEST_TIMEOUT = (5, 8)
 
 # HTTP codes that a later attempt can succeed on. 400, 404 and 422 describe the request itself.
 RETRYABLE_CODES = {409, 429, 500, 502, 503, 504}

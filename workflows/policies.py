@@ -62,11 +62,13 @@ LEDGER_RETRY = RetryPolicy(
     maximum_attempts=0,
 )
 
-# Reads and rules only: a few API calls, 2 minutes covers slow lists on a large cluster.
-VALIDATE = ActivityPolicy(timedelta(minutes=2), CLUSTER_RETRY)
+# Reads and rules only: a few API calls, so 2 minutes covers slow lists on a large cluster. It
+# heartbeats between reads, so a killed worker's attempt is retried after 10 s, not 2 minutes.
+VALIDATE = ActivityPolicy(timedelta(minutes=2), CLUSTER_RETRY, heartbeat=timedelta(seconds=10))
 
-# One patch, re-read and re-sent on conflicts: 1 minute is ample.
-PATCH = ActivityPolicy(timedelta(minutes=1), CLUSTER_RETRY)
+# One patch, re-read and re-sent on conflicts: 1 minute is ample. It heartbeats before each
+# attempt for the same reason as validate.
+PATCH = ActivityPolicy(timedelta(minutes=1), CLUSTER_RETRY, heartbeat=timedelta(seconds=10))
 
 # A VM restart waits for the new VMI to be Running and Ready, which takes minutes on a real node
 # (image pull, boot); 15 minutes bounds it. Heartbeats every poll show that the worker is alive.
