@@ -305,10 +305,28 @@ def failed_at(migration: dict) -> str:
     return next(t["phaseTransitionTimestamp"] for t in migration["status"]["phaseTransitionTimestamps"] if t["phase"] == "Failed")
 
 
+def check_required_history(cluster: Cluster, required: list[tuple[Change, tuple | None]], since: int) -> None:
+    """Check that MigrationRequired went from False/AutoMigrationPending to removed.
+
+    It may turn True in between, but only 15 s after it turned False and before the migration
+    started: a stall of the loaded test machine can delay Harvester's VMIM that long.
+    """
+    summaries = [summary for _, summary in required]
+    started = first(recorded(cluster, VMI, VM_NAME, "status.migrationState.startTimestamp", since), "migration start")
+    assert summaries in (
+        [("False", "AutoMigrationPending"), None],
+        [("False", "AutoMigrationPending"), ("True", "AutoMigrationDueToLiveUpdate"), None],
+    )
+    if len(summaries) == 3:
+        assert seconds_between(required[0][0].new["lastTransitionTime"], required[1][0].time) >= 15
+        assert required[1][0].resource_version < started.resource_version
+
+
 # 1. Hot-plug timeline.
 
 
 def test_add_nic_timeline(cluster):
+    cluster.set_workload_updates([])
     since = quiet_point(cluster)
     migration = Harvester(cluster).add_nic(VM_NAME, "nic-2", "default/vlan200")
     name = migration["metadata"]["name"]
@@ -347,9 +365,9 @@ def test_add_nic_timeline(cluster):
     # MigrationRequired: False/AutoMigrationPending, then removed once the status entry exists; mirrored on the VM.
     required = condition_history(cluster, VMI, VM_NAME, "MigrationRequired", since)
     mirrored = condition_history(cluster, VM, VM_NAME, "MigrationRequired", since)
-    assert [summary for _, summary in required] == [("False", "AutoMigrationPending"), None]
+    check_required_history(cluster, required, since)
     assert required[0][0].resource_version > vmi_interface.resource_version
-    assert [summary for _, summary in mirrored] == [("False", "AutoMigrationPending"), None]
+    assert [summary for _, summary in mirrored] == [summary for _, summary in required]
     assert mirrored[0][0].resource_version > required[0][0].resource_version
 
     # Harvester's annotations follow the VMIM: Pending migration, Migrating, then removed.
@@ -394,6 +412,11 @@ def test_add_nic_timeline(cluster):
 
 
 def test_add_nic_vm_generations(cluster):
+    cluster.set_workload_updates([])
+    # NOTE: the VM controller decides whether the template equals the start revision from a read
+    # made before its status write, so an update racing a start-up reconcile can bump
+    # observedGeneration. Waiting for the controllers to settle keeps this test off that race.
+    quiet_point(cluster)
     Harvester(cluster).add_nic(VM_NAME, "nic-2", "default/vlan200")
     status = wait_for(lambda: (s := cluster.vm()["status"]) and s.get("desiredGeneration") == 4 and s, "desiredGeneration 4")
     assert status["observedGeneration"] == 3
@@ -404,6 +427,7 @@ def test_add_nic_vm_generations(cluster):
 
 
 def test_remove_nic_timeline(cluster):
+    cluster.set_workload_updates([])
     since = quiet_point(cluster)
     migration = Harvester(cluster).remove_nic(VM_NAME, "nic-vlan100")
     name = migration["metadata"]["name"]
@@ -445,7 +469,7 @@ def test_remove_nic_timeline(cluster):
 
     # MigrationRequired pending after the detach, removed once the entry is gone.
     required = condition_history(cluster, VMI, VM_NAME, "MigrationRequired", since)
-    assert [summary for _, summary in required] == [("False", "AutoMigrationPending"), None]
+    check_required_history(cluster, required, since)
     assert required[0][0].resource_version > detach.resource_version
     assert [phase for _, phase in phases] == PHASES
     assert created.resource_version < by_phase["Pending"].resource_version
@@ -609,15 +633,15 @@ LONGER_THAN_GRACE = (
 
 
 @pytest.mark.parametrize(("migration_seconds", "speed"), [
-    (4, 20),
+    (2, 10),
     pytest.param(30, 200, marks=pytest.mark.xfail(strict=True, reason=LONGER_THAN_GRACE)),
 ])
 def test_migration_before_vmi_patch(tmp_path, migration_seconds, speed):
     # NOTE: the simulator patches the VMI spec within one reconcile of the VM update, so the test
     # cannot win the race in Harvester's order. It creates the VMIM first and holds it in
     # Scheduling, where the target pod has been created from the VMI spec without the new NIC.
-    # The 4 s migration ends before the 15 s grace period; the stall at speed 20 may last 11
-    # simulated seconds (550 ms) before MigrationRequired turns True too early.
+    # The 2 s migration ends before the 15 s grace period; at speed 10 the test may stall 1.3 s
+    # between the hot-plug and the end of the migration before MigrationRequired turns True too early.
     with running_cluster(tmp_path, speed=speed, migration_seconds=migration_seconds) as cluster:
         harvester = Harvester(cluster)
         cluster.sim.faults.stall_migration("Scheduling", vmi=VM_NAME)
@@ -676,13 +700,13 @@ def create_isolated_network(cluster: Cluster) -> None:
 
 
 def test_cluster_network_on_source_only(tmp_path):
-    # At speed 250 the test may stall 60 ms between addNic's VM update and its VMIM before
-    # MigrationRequired turns True and KubeVirt's own VMIM would come first.
     with running_cluster(tmp_path, speed=250, migration_seconds=20) as cluster:
         create_isolated_network(cluster)
+        cluster.set_workload_updates([])
         since = quiet_point(cluster)
         migration = Harvester(cluster).add_nic(VM_NAME, "nic-iso", "default/iso-net")
         name = migration["metadata"]["name"]
+        cluster.set_workload_updates(["LiveMigrate"])
 
         # Harvester's mutator narrows the VM's affinity, and the VM controller copies it into the VMI.
         assert "network.harvesterhci.io/iso" in json.dumps(cluster.vm()["spec"]["template"]["spec"]["affinity"])
