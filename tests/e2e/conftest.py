@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import pytest_asyncio
+from kubernetes.client.exceptions import ConflictException
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -104,3 +107,41 @@ async def run_operation(client: Client, settings: Settings, request: NicRequest)
     """Start an operation the way the CLI does and wait for its result."""
     handle = await start_operation(client, settings.task_queue, request)
     return await asyncio.wait_for(follow(handle, lambda report: None, poll_seconds=0.1), timeout=120)
+
+
+T = TypeVar("T")
+
+# Maximum wait, in seconds, for the simulated controllers to reach a state. A test that hits it fails.
+WAIT_SECONDS = 30.0
+
+
+async def wait_until(condition: Callable[[], T], description: str) -> T:
+    """Poll `condition` until it returns a truthy value and return that value.
+
+    Fails the test after WAIT_SECONDS. It sleeps with asyncio, because the in-process worker
+    shares the event loop.
+    """
+    deadline = time.monotonic() + WAIT_SECONDS
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {WAIT_SECONDS} s waiting until {description}")
+        await asyncio.sleep(0.05)
+
+
+async def vm_action(kube: KubeVirtClient, name: str, action: str) -> None:
+    """Call the start, stop or restart subresource of a VM in namespace default, retrying on 409 Conflict.
+
+    The simulator's virt-api writes the request conditionally on the VM it read, so a
+    concurrent controller write makes it fail with 409.
+    """
+    for attempt in range(1, 11):
+        try:
+            kube.vm_action("default", name, action)
+            return
+        except ConflictException:
+            if attempt == 10:
+                raise
+            await asyncio.sleep(0.1)

@@ -2,58 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Callable
-from typing import TypeVar
 
 import pytest
-from kubernetes.client.exceptions import ConflictException
 
 from nicflow.kube import KubeVirtClient
 from nicflow.ledger import Ledger
 from nicflow.models import HotplugRequest, Mode, OperationStatus, UnplugRequest
 from nicflow.patches import find_interface, find_network, status_interface, template_interfaces
-from tests.e2e.conftest import run_operation
+from tests.e2e.conftest import run_operation, vm_action, wait_until
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 
-# Maximum wait, in seconds, for the simulated controllers to reach a state. A test that hits it fails.
-WAIT_SECONDS = 30.0
-
-
-async def wait_until(condition: Callable[[], T], description: str) -> T:
-    """Poll `condition` until it returns a truthy value and return that value.
-
-    Fails the test after WAIT_SECONDS. It sleeps with asyncio, because the in-process worker
-    shares the event loop.
-    """
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT_SECONDS} s waiting until {description}")
-        await asyncio.sleep(0.05)
-
-
-async def vm_action(kube: KubeVirtClient, name: str, action: str) -> None:
-    """Call the start or stop subresource of a VM in namespace default, retrying on 409 Conflict.
-
-    The simulator's virt-api writes the request conditionally on the VM it read, so a
-    concurrent controller write makes it fail with 409.
-    """
-    for attempt in range(1, 11):
-        try:
-            kube.vm_action("default", name, action)
-            return
-        except ConflictException:
-            if attempt == 10:
-                raise
-            await asyncio.sleep(0.1)
 
 
 async def stop_web_01(kube: KubeVirtClient) -> None:

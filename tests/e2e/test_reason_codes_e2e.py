@@ -9,18 +9,15 @@ tests/e2e/test_rejections_e2e.py and tests/e2e/test_rules_e2e.py cover the other
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 import re
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
-from kubernetes.client.exceptions import ConflictException
 from pydantic import ValidationError
 
 from kubevirt_sim import Simulator
@@ -30,11 +27,10 @@ from nicflow.ledger import Ledger
 from nicflow.models import HotplugRequest, OperationResult, OperationStatus, UnplugRequest
 from nicflow.patches import template_interfaces
 from nicflow.reasons import Reason
-from tests.e2e.conftest import SPEED, run_operation
+from tests.e2e.conftest import SPEED, run_operation, vm_action, wait_until
 
 pytestmark = pytest.mark.e2e
 
-T = TypeVar("T")
 
 KUBEVIRT_GROUP = "kubevirt.io"
 MULTUS_GROUP = "k8s.cni.cncf.io"
@@ -48,8 +44,6 @@ ROOT_COMPLEX_ANNOTATION = "kubevirt.io/placePCIDevicesOnRootComplex"
 # Codes that no request can carry into a workflow, with the test that shows why.
 UNREACHABLE: dict[Reason, str] = {Reason.NETWORK_NAME_INVALID: "test_network_name_invalid_stops_at_model"}
 
-# Maximum wait, in seconds, for the simulated controllers to reach a state. A test that hits it fails.
-WAIT_SECONDS = 30.0
 
 
 # --- Extra VMs ------------------------------------------------------------------------------
@@ -177,38 +171,6 @@ def hotplug(vm: str = "default/web-01", network: str = "default/vlan200", interf
 
 def unplug(vm: str = "default/web-01", interface: str = "nic-vlan100") -> UnplugRequest:
     return UnplugRequest(vm=vm, interface=interface, actor="e2e", reason="reason code test")
-
-
-async def wait_until(condition: Callable[[], T], description: str) -> T:
-    """Poll `condition` until it returns a truthy value and return that value.
-
-    Fails the test after WAIT_SECONDS. It sleeps with asyncio, because the in-process worker
-    shares the event loop.
-    """
-    deadline = time.monotonic() + WAIT_SECONDS
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {WAIT_SECONDS} s waiting until {description}")
-        await asyncio.sleep(0.05)
-
-
-async def vm_action(kube: KubeVirtClient, name: str, action: str) -> None:
-    """Call the start, stop or restart subresource of a VM in namespace default, retrying on 409 Conflict.
-
-    The simulator's virt-api writes the request conditionally on the VM it read, so a
-    concurrent controller write makes it fail with 409.
-    """
-    for attempt in range(1, 11):
-        try:
-            kube.vm_action("default", name, action)
-            return
-        except ConflictException:
-            if attempt == 10:
-                raise
-            await asyncio.sleep(0.1)
 
 
 def condition_of(obj: dict | None, condition_type: str) -> dict:
