@@ -237,3 +237,50 @@ def test_no_automatic_migration_without_live_migrate(manual):
     wait_for(lambda: (c := condition(manual.vmi(), "MigrationRequired")) and c["status"] == "True", "MigrationRequired True")
     wait_sim_seconds(manual, 30)
     assert manual.list("virtualmachineinstancemigrations") == []
+
+
+# Bare networkName outside namespace default.
+
+
+def create_nad(api: CustomObjectsApi, namespace: str, name: str, cluster_network: str) -> None:
+    api.create_namespaced_custom_object("k8s.cni.cncf.io", "v1", namespace, "network-attachment-definitions", {
+        "apiVersion": "k8s.cni.cncf.io/v1",
+        "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": name, "labels": {"network.harvesterhci.io/clusternetwork": cluster_network}},
+        "spec": {"config": json.dumps({"cniVersion": "0.3.1", "name": name, "type": "bridge", "bridge": f"{cluster_network}-br"})},
+    })
+
+
+def vm_in_namespace(api: CustomObjectsApi, namespace: str, network_name: str) -> dict[str, Any]:
+    """Return web-01's VM as app-1 in `namespace`: VLAN NIC on `network_name` with a new MAC, no affinity."""
+    vm = get_vm(api, "web-01")
+    template = vm["spec"]["template"]
+    template["spec"].pop("affinity")
+    template["spec"]["networks"][1]["multus"]["networkName"] = network_name
+    template_interfaces(vm)[0].pop("macAddress")
+    template_interfaces(vm)[1]["macAddress"] = "06:b2:19:c4:55:f0"
+    return {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "app-1", "namespace": namespace},
+        "spec": {"runStrategy": "Halted", "template": template},
+    }
+
+
+def test_bare_network_name_validator_default(api: CustomObjectsApi) -> None:
+    create_nad(api, "team-a", "vlan-a", "data")
+    # The HTTP code of Harvester's own denials is not known, so only the message is checked.
+    _, body = rejected(lambda: api.create_namespaced_custom_object(
+        *KUBEVIRT, "team-a", "virtualmachines", vm_in_namespace(api, "team-a", "vlan-a")))
+    assert body["message"] == (
+        'admission webhook "validator.harvesterhci.io" denied the request: '
+        'network-attachment-definitions.k8s.cni.cncf.io "vlan-a" not found')
+
+
+def test_bare_network_name_mutator_vm_namespace(api: CustomObjectsApi) -> None:
+    create_nad(api, "team-a", "vlan-a", "data")
+    create_nad(api, "default", "vlan-a", "other")
+    stored = api.create_namespaced_custom_object(*KUBEVIRT, "team-a", "virtualmachines", vm_in_namespace(api, "team-a", "vlan-a"))
+    affinity = json.dumps(stored["spec"]["template"]["spec"]["affinity"])
+    assert "network.harvesterhci.io/data" in affinity
+    assert "network.harvesterhci.io/other" not in affinity
