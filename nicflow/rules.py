@@ -630,6 +630,10 @@ def _check_macs_in_spec(view: ClusterView, vm_name: str, allow_restart: bool) ->
             f"VM {vm_name} has no macAddress on interfaces {names} in its spec, and no MAC was observed for "
             f"{', '.join(unobserved)}; start the VM once so that KubeVirt reports its MACs, then retry",
         )
+    if is_cold(view) or allow_restart:
+        conflict = _backfill_conflict(view, vm_name, missing)
+        if conflict is not None:
+            return _failed("macs-in-spec", Reason.MAC_IN_USE, conflict)
     if is_cold(view):
         message = f"VM {vm_name} has no macAddress on interfaces {names}; backfill writes the observed MACs first"
         return _passed("macs-in-spec", message)
@@ -645,6 +649,36 @@ def _check_macs_in_spec(view: ClusterView, vm_name: str, allow_restart: bool) ->
         f"VM {vm_name} has no macAddress on interfaces {names} in its spec; run again with --allow-restart "
         "to write the observed MACs and restart the VM, or restart it from Harvester first",
     )
+
+
+def _backfill_conflict(view: ClusterView, vm_name: str, missing: list[str]) -> str | None:
+    """Return why an observed MAC cannot be written into the spec, or None when all can.
+
+    A VM created from a template of another VM can carry that VM's MACs in its annotation;
+    writing one of them would give two VMs the same MAC on one cluster network.
+    """
+    vm = view.vm or {}
+    namespace = _dig(vm, "metadata", "namespace") or "default"
+    observed = observed_macs(view.vmi, vm)
+    networks = {network.get("name"): network for network in _networks(_template_spec(vm))}
+    for name in missing:
+        mac = observed.get(name)
+        if not mac:
+            continue
+        group = ""
+        network_name = _dig(networks.get(name) or {}, "multus", "networkName")
+        if network_name:
+            try:
+                group = cluster_network_of(view.nads.get(qualify_network(network_name, namespace)) or {}) or ""
+            except ValueError:
+                group = ""
+        owner = view.macs_in_use.get(group, {}).get(mac)
+        if owner and not owner.startswith(f"{vm_name}/"):
+            return (
+                f"the observed MAC {mac} of interface {name} of VM {vm_name} is already used by {owner} on "
+                f"cluster network {group or 'mgmt (pod network)'}; give one of the two VMs a new MAC before the backfill"
+            )
+    return None
 
 
 def _common_checks(

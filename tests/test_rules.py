@@ -322,6 +322,11 @@ def _set_interface(name: str, **changes: object) -> Callable[[Scenario], None]:
     return mutate
 
 
+def _observed_mac_taken(scenario: Scenario) -> None:
+    """Give web-01's VLAN interface the MAC that db-legacy's nic-vlan100 was observed with."""
+    scenario.macs_in_use["data"]["02:11:22:33:44:02"] = "default/web-01/nic-vlan100"
+
+
 def _drop_mac_annotation(scenario: Scenario) -> None:
     scenario.vm["metadata"]["annotations"].pop("harvesterhci.io/mac-address")
 
@@ -478,6 +483,8 @@ HOTPLUG_CASES = [
     ("macs-unobserved-stopped", "db-legacy", _combine(_stop, _drop_mac_annotation), "nic-2", "default/vlan200", None, False, "macs-in-spec", Reason.MAC_MISSING_IN_SPEC),
     ("macs-unobserved-restart", "db-legacy", _combine(_drop_mac_annotation, _drop_vmi_macs), "nic-2", "default/vlan200", None, True, "macs-in-spec", Reason.MAC_MISSING_IN_SPEC),
     ("macs-observed-in-vmi", "db-legacy", _drop_mac_annotation, "nic-2", "default/vlan200", None, True, "macs-in-spec", None),
+    ("macs-observed-taken", "db-legacy", _observed_mac_taken, "nic-2", "default/vlan200", None, True, "macs-in-spec", Reason.MAC_IN_USE),
+    ("macs-observed-taken-stopped", "db-legacy", _combine(_stop, _observed_mac_taken), "nic-2", "default/vlan200", None, False, "macs-in-spec", Reason.MAC_IN_USE),
     ("network-qualified", "web-01", _unchanged, "nic-2", "default/vlan200", None, False, "network-name", None),
     ("network-bare", "web-01", _unchanged, "nic-2", "vlan200", None, False, "network-name", None),
     ("network-two-slashes", "web-01", _unchanged, "nic-2", "default/vlan/200", None, False, "network-name", Reason.NETWORK_NAME_INVALID),
