@@ -338,7 +338,7 @@ class ClusterActivities:
             old_uid = recorded["restart-requested"].details["vmi_uid"]
         else:
             old_uid = vmi["metadata"]["uid"]
-            # Recorded before the call: a retry then knows a restart may be under way already.
+            # Recorded before the call, so that a retry can tell that a restart may be under way already.
             self._backfill_event(ref, "restart-requested", {"vmi_uid": old_uid})
         if self._restart_needed(ref, old_uid):
             logger.info("backfill restarting VM %s to apply MACs %s", _context(ref), macs)
@@ -353,7 +353,7 @@ class ClusterActivities:
         )
 
     def _restart_needed(self, ref: OperationRef, old_uid: str) -> bool:
-        """Whether the VMI that had `old_uid` still runs with no stop or restart under way."""
+        """Return whether the VMI that had `old_uid` still runs with no stop or restart under way."""
         vmi = self.kube.get_vmi(ref.vm_namespace, ref.vm_name)
         if vmi is None or vmi["metadata"]["uid"] != old_uid or vmi["metadata"].get("deletionTimestamp"):
             return False
@@ -465,7 +465,7 @@ class ClusterActivities:
         return entry is None or entry.get("state") == "absent"
 
     def _change_done(self, ref: OperationRef, vmi: dict) -> bool:
-        """Whether the VMI already shows the end state, so no migration is needed (a restart did it)."""
+        """Return whether the VMI already shows the end state, so that no migration is needed (a restart did it)."""
         status = patches.status_interface(vmi, ref.interface)
         if ref.kind == OperationKind.HOTPLUG:
             return "domain" in patches.info_sources(status)

@@ -75,7 +75,7 @@ class NicQueue:
                 workflow.continue_as_new(args=[self._pending])
 
     async def _run_one(self, item: QueuedRequest) -> OperationResult:
-        """Run one request as the VM's workflow, waiting while another operation holds the VM."""
+        """Run one request as the VM's workflow, waiting while another operation runs on the VM."""
         request = item.request()
         while True:
             try:
