@@ -284,3 +284,35 @@ def test_bare_network_name_mutator_vm_namespace(api: CustomObjectsApi) -> None:
     affinity = json.dumps(stored["spec"]["template"]["spec"]["affinity"])
     assert "network.harvesterhci.io/data" in affinity
     assert "network.harvesterhci.io/other" not in affinity
+
+
+# Harvester's MAC backfill.
+
+
+def test_backfill_denied_blocks_stop(cluster):
+    # A VM made from a template of web-01 that copied its MAC annotation but not its spec MACs.
+    parent = cluster.vm()
+    template = parent["spec"]["template"]
+    template["metadata"]["labels"]["harvesterhci.io/vmName"] = "child-1"
+    for interface in template["spec"]["domain"]["devices"]["interfaces"]:
+        interface.pop("macAddress")
+    annotation = parent["metadata"]["annotations"]["harvesterhci.io/mac-address"]
+    cluster.custom.create_namespaced_custom_object("kubevirt.io", "v1", NAMESPACE, "virtualmachines", {
+        "apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine",
+        "metadata": {"name": "child-1", "annotations": {"harvesterhci.io/mac-address": annotation}},
+        "spec": {"runStrategy": "RerunOnFailure", "template": template},
+    })
+    vmi = wait_for(lambda: (v := cluster.try_get("virtualmachineinstances", "child-1"))
+                   and v.get("status", {}).get("phase") == "Running" and v, "child-1 running")
+    assert [i["macAddress"] for i in vmi["spec"]["domain"]["devices"]["interfaces"]] == list(json.loads(annotation).values())
+
+    # Stopping deletes the VMI; the backfill of web-01's MACs into child-1 is a duplicate, so the VMI stays.
+    cluster.custom.patch_namespaced_custom_object("kubevirt.io", "v1", NAMESPACE, "virtualmachines", "child-1",
+                                                  {"spec": {"runStrategy": "Halted"}})
+    wait_for(lambda: cluster.vmi("child-1")["metadata"].get("deletionTimestamp"), "the VMI deletion")
+    wait_sim_seconds(cluster, 30)
+    stuck = cluster.vmi("child-1")
+    assert "wrangler.cattle.io/VMController.BackfillObservedNetworkMacAddress" in stuck["metadata"]["finalizers"]
+    assert all("macAddress" not in i for i in template_interfaces(cluster.vm("child-1")))
+    assert cluster.vm("child-1")["status"]["printableStatus"] == "Stopping"
