@@ -163,7 +163,9 @@ class ClusterFaults:
 
     def hidden_from_agent(self, namespace: str, vmi: str, interface: str) -> bool:
         with self._lock:
-            return any(name == interface and vmi_matches(s, namespace, vmi) for s, name in self._hidden_from_agent)
+            return any(
+                hidden == interface and vmi_matches(selector, namespace, vmi) for selector, hidden in self._hidden_from_agent
+            )
 
     def root_ports_exhausted(self, namespace: str, vmi: str) -> bool:
         with self._lock:
@@ -187,7 +189,9 @@ class ClusterFaults:
                 "stall_migration": [{"phase": f.phase, "vmi": f.vmi} for f in self._stalls],
                 "targets_unschedulable": self._targets_unschedulable,
                 "agents_disconnected": sorted(self._agents_disconnected),
-                "hidden_from_agent": [{"vmi": s, "interface": name} for s, name in sorted(self._hidden_from_agent)],
+                "hidden_from_agent": [
+                    {"vmi": selector, "interface": hidden} for selector, hidden in sorted(self._hidden_from_agent)
+                ],
                 "root_ports_exhausted": sorted(self._ports_exhausted),
                 "node_ready": dict(self._node_ready),
             }

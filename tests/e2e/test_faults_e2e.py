@@ -94,6 +94,25 @@ async def wait_until(check, timeout: float = 60.0, what: str = "condition") -> N
         await asyncio.sleep(0.05)
 
 
+async def wait_for_migration_followed(client: Client, handle, timeout: float = 60.0) -> str:
+    """Wait until the migrate activity reports, by heartbeat, the VMIM it follows; return that VMIM's name.
+
+    From then on the activity polls that VMIM, so a change the test makes reaches it there and
+    not at the start of the step.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        description = await handle.describe()
+        for pending in description.raw_description.pending_activities:
+            if pending.activity_type.name != "migrate" or not pending.heartbeat_details.payloads:
+                continue
+            details = (await client.data_converter.decode(pending.heartbeat_details.payloads))[0]
+            if isinstance(details, dict) and details.get("migration"):
+                return details["migration"]
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for the migrate activity to follow a VMIM")
+
+
 async def finish(handle):
     return await asyncio.wait_for(follow(handle, lambda report: None, poll_seconds=0.1), timeout=120)
 
@@ -109,7 +128,8 @@ async def test_conflict_rereads_and_keeps_change(sim, client, settings, worker, 
     def pick_and_change(method, plural, name, subresource):
         rule = pick(method, plural, name, subresource)
         if rule is not None and rule.id == fault_id:
-            # Another writer changes the VM between nicflow's read and its patch, so the 409 is true.
+            # Another writer changes the VM between nicflow's read and its patch, so the 409
+            # reports a real conflict.
             changed = sim.store.patch(
                 "virtualmachines", "default", "web-01", "merge",
                 {"spec": {"template": {"metadata": {"annotations": {CONCURRENT_ANNOTATION: "kept"}}}}},
@@ -228,8 +248,7 @@ async def test_failed_migration_not_retried_when_pinned(sim, client, settings, w
     before = spec_lists(kube)
     sim.faults.stall_migration("Pending", vmi="default/web-01")
     handle = await start_operation(client, settings.task_queue, hotplug_request())
-    await wait_until(lambda: any(m.get("status", {}).get("phase") == "Pending" for m in kube.list_migrations("default", "web-01")),
-                     what="a Pending VMIM")
+    await wait_for_migration_followed(client, handle)
 
     # Pinning the VM to its node makes the VMI not live migratable, and the target pod unschedulable.
     node = kube.get_vmi("default", "web-01")["status"]["nodeName"]
@@ -250,14 +269,36 @@ async def test_failed_migration_not_retried_when_pinned(sim, client, settings, w
     assert event_steps(ledger, result.operation_id)[-2:] == [("undo", "undone"), ("result", "undone")]
 
 
+async def test_failed_migration_not_retried_when_stopped(sim, client, settings, worker, kube: KubeVirtClient, ledger: Ledger):
+    before = spec_lists(kube)
+    sim.faults.stall_migration("Pending", vmi="default/web-01")
+    handle = await start_operation(client, settings.task_queue, hotplug_request())
+    await wait_for_migration_followed(client, handle)
+    node = kube.get_vmi("default", "web-01")["status"]["nodeName"]
+
+    # Stopping the VM deletes the VMI, so the migration fails once the stall is lifted.
+    kube.vm_action("default", "web-01", "stop")
+    await wait_until(lambda: kube.get_vmi("default", "web-01") is None, what="the VMI to be deleted")
+    sim.faults.clear()
+    result = await finish(handle)
+
+    assert result.status == OperationStatus.UNDONE, result.message
+    migrate = [e for e in ledger.list_events(result.operation_id) if e.step == "migrate"]
+    assert [e.outcome for e in migrate] == ["failed"]
+    assert f"failed: VMI default/web-01 is not running; not retried: the VMI no longer runs on its source node {node}" in migrate[0].details["message"]
+    interfaces, networks = spec_lists(kube)
+    assert by_name(interfaces) == by_name(before[0])
+    assert by_name(networks) == by_name(before[1])
+    assert event_steps(ledger, result.operation_id)[-2:] == [("undo", "undone"), ("result", "undone")]
+
+
 # 3. A VM restarted during the operation.
 
 
 async def test_restart_during_migration_verified_directly(sim, client, settings, worker, kube: KubeVirtClient, ledger: Ledger):
     sim.faults.stall_migration("Scheduling", vmi="default/web-01")
     handle = await start_operation(client, settings.task_queue, hotplug_request())
-    await wait_until(lambda: any(m.get("status", {}).get("phase") == "Scheduling" for m in kube.list_migrations("default", "web-01")),
-                     what="a VMIM in Scheduling")
+    await wait_for_migration_followed(client, handle)
     old_uid = kube.get_vmi("default", "web-01")["metadata"]["uid"]
 
     kube.vm_action("default", "web-01", "restart")
@@ -272,8 +313,8 @@ async def test_restart_during_migration_verified_directly(sim, client, settings,
     assert entry["mac"] == result.mac
     assert {"domain", "guest-agent"} <= info_sources(entry)
     assert result.guest_interface_name == entry["interfaceName"]
-    # No VMIM exists beyond the one of the old VMI, nicflow's (which it aborts) or the workload
-    # updater's, whichever came first, and none succeeded.
+    # No VMIM was created for the new VMI. At most the old VMI's migration remains, and it did
+    # not succeed.
     migrate = [e for e in ledger.list_events(result.operation_id) if e.step == "migrate"]
     assert [(e.outcome, e.details["phase"]) for e in migrate] == [("succeeded", "NotNeeded")]
     assert "restarted" in migrate[0].details["message"]
