@@ -216,21 +216,21 @@ class VMController:
     # Status.
 
     def _update_status(self, namespace: str, name: str) -> None:
-        vm = self.store.try_get("virtualmachines", namespace, name)
-        if vm is None:
+        if self.store.try_get("virtualmachines", namespace, name) is None:
             return
         vmi = self.store.try_get("virtualmachineinstances", namespace, name)
-        template = _template_spec(vm)
-
         start_template = None
         if vmi is not None:
             start_template = self.manager.vmi_runtime(vmi).start_template
-        matches_start = vmi is None or start_template is None or template == start_template
-        needs_restart = vmi is not None and not is_deleting(vmi) and vmsync.restart_required(
-            template, start_template, vmi.get("spec", {}))
         timestamp = self.manager.clock.timestamp()
 
         def edit(current: dict) -> bool:
+            # Compare the template of the VM being written, not of an earlier read: a client
+            # update between the two would otherwise move observedGeneration to its generation.
+            template = _template_spec(current)
+            matches_start = vmi is None or start_template is None or template == start_template
+            needs_restart = vmi is not None and not is_deleting(vmi) and vmsync.restart_required(
+                template, start_template, vmi.get("spec", {}))
             changed = vmsync.mirror_status(current, vmi, matches_start, timestamp)
             if needs_restart:
                 changed |= set_condition(current, vmsync.RESTART_REQUIRED, "True", timestamp,
