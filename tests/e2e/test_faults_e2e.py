@@ -217,6 +217,32 @@ async def test_final_errors_end_operation(code, reason, method, plural, name, st
     assert row.reason_code == reason_code
 
 
+async def test_final_error_after_patch_undoes(sim, client, settings, worker, kube: KubeVirtClient, ledger: Ledger):
+    # With KubeVirt's workload updates off, the only VMIM would be nicflow's, so its create
+    # meets the fault.
+    sim.store.patch("kubevirts", "harvester-system", "kubevirt", "merge",
+                    {"spec": {"workloadUpdateStrategy": {"workloadUpdateMethods": []}}}, actor="e2e-operator")
+    before = spec_lists(kube)
+    fault_id = sim.http_faults.add(code=422, method="POST", plural="virtualmachineinstancemigrations")
+
+    result = await run_operation(client, settings, hotplug_request())
+
+    hits = fired(sim, fault_id)
+    sim.http_faults.clear()
+    assert hits == 1
+    assert result.status == OperationStatus.UNDONE, result.message
+    assert result.reason_code == "MIGRATION_FAILED"
+    assert "422 Invalid" in result.message
+    interfaces, networks = spec_lists(kube)
+    assert by_name(interfaces) == by_name(before[0])
+    assert by_name(networks) == by_name(before[1])
+    assert kube.list_migrations("default", "web-01") == []
+    events = ledger.list_events(result.operation_id)
+    assert [(e.step, e.outcome) for e in events][-3:] == [("migrate", "failed"), ("undo", "undone"), ("result", "undone")]
+    assert events[-3].details["http_code"] == 422
+    assert events[-3].details["error_type"] == "ClusterRejected"
+
+
 # 2. Failed migrations: bounded retries, then the undo.
 
 
