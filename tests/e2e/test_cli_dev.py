@@ -101,3 +101,42 @@ def test_bad_usage_exits_2(dev_stack):
     assert bad.returncode == 2
     assert "web-01" in bad.stderr
     assert "NAMESPACE/NAME" in bad.stderr
+
+
+def simulator_fault(environment: dict[str, str], method: str, body: dict | None = None) -> None:
+    """Set or clear a fault through the simulator's control endpoint, as an operator's test rig would."""
+    import json
+    import urllib.request
+
+    stack = json.loads((Path(environment["NICFLOW_STATE_DIR"]) / "dev-stack.json").read_text())
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{stack['simulator_url']}/sim/faults", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
+def test_dev_stack_cancel_undoes(dev_stack):
+    simulator_fault(dev_stack, "POST", {"kind": "stall_migration", "args": {"phase": "Running"}})
+    try:
+        started = nicflow(dev_stack, "hotplug", "--vm", "default/web-01", "--network", "default/vlan100",
+                          "--interface", "nic-9", "--reason", "CHG-5", "--no-wait")
+        assert started.returncode == 0, started.stderr
+        operation_id = started.stdout.split()[1]
+        deadline = time.monotonic() + 60
+        while "patch" not in nicflow(dev_stack, "status", operation_id).stdout:
+            assert time.monotonic() < deadline, "the operation never reached the patch step"
+            time.sleep(0.5)
+
+        cancelled = nicflow(dev_stack, "cancel", operation_id)
+    finally:
+        simulator_fault(dev_stack, "DELETE")
+
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert "cancelled" in cancelled.stdout
+    status = nicflow(dev_stack, "status", operation_id)
+    assert "cancelled" in status.stdout.splitlines()[0]
+    assert "undo" in status.stdout
+    again = nicflow(dev_stack, "cancel", operation_id)
+    assert again.returncode == 1
+    assert "already ended" in again.stdout
