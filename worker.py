@@ -61,8 +61,8 @@ def build_worker(client: Client, settings: Settings, *, poll_seconds: float = 1.
         ],
         activity_executor=ThreadPoolExecutor(ACTIVITY_THREADS, thread_name_prefix="nicflow-activity"),
         max_concurrent_activities=ACTIVITY_THREADS,
-        # Lets running activities finish a ledger write or an API call on SIGTERM instead of
-        # being interrupted in their threads; an activity still running after it is retried.
+        # On SIGTERM, running activities get 15 s to finish a ledger write or an API call instead
+        # of being interrupted in their threads. An activity still running after that is retried.
         graceful_shutdown_timeout=timedelta(seconds=15),
     )
 

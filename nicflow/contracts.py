@@ -10,7 +10,7 @@ from nicflow.models import Mode, OperationKind, OperationResult, OperationStatus
 
 
 class OperationRef(BaseModel):
-    """What every cluster step needs to know about its operation."""
+    """The operation's identity and request, as every cluster step receives it."""
 
     operation_id: str
     kind: OperationKind

@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 KUBEVIRT = ("kubevirt.io", "v1")
 MULTUS = ("k8s.cni.cncf.io", "v1")
 
-# Seconds to connect and to read one answer. A hung API server then fails the call and the
+# Seconds to connect and to read one response. A hung API server then fails the call and the
 # retry policy tries again. The read limit stays below the activities' 10 s heartbeat timeout,
 # so that Temporal never starts a second attempt while one call of the first is still waiting.
 REQUEST_TIMEOUT = (5, 8)
@@ -31,7 +31,7 @@ RETRYABLE_CODES = {409, 429, 500, 502, 503, 504}
 
 @dataclass(frozen=True)
 class ClusterError(Exception):
-    """An API answer, classified for the retry policy."""
+    """An API error response, classified for the retry policy."""
 
     code: int
     reason: str
@@ -43,7 +43,7 @@ class ClusterError(Exception):
 
 
 def classify(error: Exception) -> ClusterError:
-    """Turn a client exception into a ClusterError that says whether a retry can help."""
+    """Turn a client exception into a ClusterError that states whether a retry can help."""
     if isinstance(error, ApiException):
         reason, message = error.reason or "", str(error.body or error.reason)
         try:
@@ -53,8 +53,8 @@ def classify(error: Exception) -> ClusterError:
         except (TypeError, ValueError):
             pass
         code = int(error.status or 0)
-        # A webhook denial is final whatever its code: Harvester's validators answer plain errors,
-        # such as a duplicate MAC, with 500, which would otherwise read as a server fault.
+        # A webhook denial is final whatever its code. Harvester's validators return plain errors,
+        # such as a duplicate MAC, as 500, which would otherwise read as a server fault.
         denied = "admission webhook" in message and "denied the request" in message
         return ClusterError(code, reason, message, not denied and (code in RETRYABLE_CODES or code == 0))
     if isinstance(error, (Urllib3Error, OSError, TimeoutError)):

@@ -1,7 +1,7 @@
 """JSON patches for the VM spec changes of one operation, as pure functions over plain dicts.
 
 Every patch starts by replacing `metadata.resourceVersion` with the version that was read, so the
-API server applies it only to that version and answers 409 Conflict otherwise: the caller then
+API server applies it only to that version and returns 409 Conflict otherwise. The caller then
 reads again and rebuilds the patch instead of overwriting a concurrent change.
 """
 

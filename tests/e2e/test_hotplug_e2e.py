@@ -62,7 +62,7 @@ async def test_hotplug_attaches_interface(client, settings, worker, kube: KubeVi
     assert len(kube.list_migrations("default", "web-01")) == 1
     assert vmi["status"]["nodeName"] == "node-2"
 
-    # The guest sees the interface: attached in the domain and reported by the agent.
+    # The guest has the interface: attached in the domain and reported by the guest agent.
     entry = status_interface(vmi, "nic-2")
     assert entry["mac"] == mac
     assert {"domain", "guest-agent", "multus-status"} <= info_sources(entry)
