@@ -53,6 +53,20 @@ READ_BACKOFF_SECONDS = 0.2
 READ_BACKOFF_MAX_SECONDS = 5.0
 
 
+def migration_phase(migration: dict | None) -> str:
+    """Return a VMIM's phase, or "" while it has none."""
+    return ((migration or {}).get("status") or {}).get("phase") or ""
+
+
+def migration_finished(migration: dict) -> bool:
+    return migration_phase(migration) in ("Succeeded", "Failed")
+
+
+def first_unfinished(migrations: list[dict]) -> dict | None:
+    """Return the first VMIM that has not reached Succeeded or Failed, or None."""
+    return next((migration for migration in migrations if not migration_finished(migration)), None)
+
+
 def migration_name(operation_id: str, attempt: int) -> str:
     """Name of the VMIM an operation creates, derived from its id so that a retry finds its own."""
     return f"nicflow-{operation_id}-{attempt}"
@@ -509,13 +523,13 @@ class ClusterActivities:
             current = self.kube.get_migration(ref.vm_namespace, name)
             if current is None:
                 raise ApplicationError(f"VMIM {name} was deleted while it ran", type="MigrationFailed", non_retryable=True)
-            phase = current.get("status", {}).get("phase") or ""
+            phase = migration_phase(current)
             if phase != seen_phase:
                 logger.info("migration %s phase %s for %s", name, phase or "(unset)", _context(ref))
                 seen_phase = phase
             if phase != "Succeeded" and self._restarted_with_change(ref, source_uid):
                 return self._migration_overtaken(ref, current, adopted)
-            if phase in ("Succeeded", "Failed"):
+            if migration_finished(current):
                 return self._migration_result(ref, current, adopted, source_uid, source_node)
             self._sleep({"migration": name, "phase": phase})
 
@@ -532,8 +546,8 @@ class ClusterActivities:
     def _migration_overtaken(self, ref: OperationRef, migration: dict, adopted: bool) -> MigrateResult:
         """Stop following a migration of a VMI that restarted with the change, aborting it when it is ours."""
         name = migration["metadata"]["name"]
-        phase = migration.get("status", {}).get("phase") or ""
-        if not adopted and phase not in ("Succeeded", "Failed"):
+        phase = migration_phase(migration)
+        if not adopted and not migration_finished(migration):
             # The VMIM belongs to the VMI that was deleted; KubeVirt fails it, and the delete
             # makes sure that it never migrates the new VMI.
             self.kube.delete_migration(ref.vm_namespace, name)
@@ -546,12 +560,11 @@ class ClusterActivities:
         for migration in existing:
             if migration["metadata"]["name"] == own_name:
                 return migration
-        for migration in existing:
-            phase = migration.get("status", {}).get("phase")
-            if phase not in ("Succeeded", "Failed"):
-                # KubeVirt's workload updater (or Harvester) already migrates this VMI for the
-                # same change; a second VMIM would be refused as an in-flight migration.
-                return migration
+        in_flight = first_unfinished(existing)
+        if in_flight is not None:
+            # KubeVirt's workload updater (or Harvester) already migrates this VMI for the
+            # same change; a second VMIM would be refused as an in-flight migration.
+            return in_flight
         if self._change_done(ref, vmi):
             carried = self._migration_that_carried(existing, vmi)
             if carried is not None:
@@ -581,10 +594,10 @@ class ClusterActivities:
             if cluster_error.code == 400 and "in-flight migration" in cluster_error.message:
                 # KubeVirt's workload updater started its own migration between the list and
                 # the create; that migration carries the same change, so follow it.
-                for migration in self.kube.list_migrations(ref.vm_namespace, ref.vm_name):
-                    if migration.get("status", {}).get("phase") not in ("Succeeded", "Failed"):
-                        logger.info("migration %s started first for %s; adopting it", migration["metadata"]["name"], _context(ref))
-                        return migration
+                in_flight = first_unfinished(self.kube.list_migrations(ref.vm_namespace, ref.vm_name))
+                if in_flight is not None:
+                    logger.info("migration %s started first for %s; adopting it", in_flight["metadata"]["name"], _context(ref))
+                    return in_flight
             raise
 
     def _migration_that_carried(self, migrations: list[dict], vmi: dict) -> dict | None:
@@ -598,7 +611,7 @@ class ClusterActivities:
         if not state.get("completed") or state.get("failed"):
             return None
         for migration in migrations:
-            succeeded = migration.get("status", {}).get("phase") == "Succeeded"
+            succeeded = migration_phase(migration) == "Succeeded"
             if succeeded and migration["metadata"].get("uid") == state.get("migrationUid"):
                 return migration
         return None
@@ -734,7 +747,7 @@ class ClusterActivities:
             labels = migration["metadata"].get("labels") or {}
             if labels.get("nicflow.io/operation-id") != ref.operation_id:
                 continue
-            if migration.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+            if migration_finished(migration):
                 continue
             name = migration["metadata"]["name"]
             self.kube.delete_migration(ref.vm_namespace, name)
@@ -743,7 +756,7 @@ class ClusterActivities:
         for name in aborted:
             while True:
                 current = self.kube.get_migration(ref.vm_namespace, name)
-                if current is None or current.get("status", {}).get("phase") in ("Succeeded", "Failed"):
+                if current is None or migration_finished(current):
                     break
                 self._sleep({"waiting": "migration-abort", "migration": name})
         return aborted
