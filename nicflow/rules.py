@@ -19,6 +19,7 @@ from typing import Any, Literal
 from nicflow import pciports
 from nicflow.macs import allocate_mac, is_unicast, normalize_mac
 from nicflow.reasons import Reason
+from nicflow.status import condition, condition_true
 
 logger = logging.getLogger(__name__)
 
@@ -124,20 +125,6 @@ def _labels(obj: Mapping | None) -> dict[str, str]:
 
 def _annotations(obj: Mapping | None) -> dict[str, str]:
     return _dig(obj, "metadata", "annotations") or {}
-
-
-def _condition(obj: Mapping | None, condition_type: str) -> dict | None:
-    if obj is None:
-        return None
-    for condition in _dig(obj, "status", "conditions") or []:
-        if condition.get("type") == condition_type:
-            return condition
-    return None
-
-
-def _is_condition_true(obj: Mapping | None, condition_type: str) -> bool:
-    condition = _condition(obj, condition_type)
-    return condition is not None and condition.get("status") == "True"
 
 
 def _template_spec(vm: Mapping) -> dict:
@@ -303,15 +290,15 @@ def _live_migratable_failure(vmi: dict) -> str | None:
 
     # Harvester v1.7.1 and later also honour KubeVirt's LiveMigratable=False. nicflow also
     # rejects a missing or Unknown condition, because virt-controller has not decided yet.
-    condition = _condition(vmi, "LiveMigratable")
-    if condition is None:
+    live_migratable = condition(vmi, "LiveMigratable")
+    if live_migratable is None:
         return (
             f"VM {name} is not live migratable as KubeVirt has not reported the LiveMigratable condition; "
             "wait until virt-controller sets it and retry"
         )
-    if condition.get("status") != "True":
-        reason = condition.get("reason") or "none given"
-        detail = f" ({condition['message']})" if condition.get("message") else ""
+    if live_migratable.get("status") != "True":
+        reason = live_migratable.get("reason") or "none given"
+        detail = f" ({live_migratable['message']})" if live_migratable.get("message") else ""
         advice = "fix the cause KubeVirt reports, which usually needs a restart, and retry"
         if reason == "InterfaceNotLiveMigratable":
             advice = (
@@ -395,7 +382,7 @@ def _node_rejection(node: Mapping, vmi: Mapping | None, extra_node_labels: Mappi
     # A node with no Ready condition yet counts as Ready, as the simulator's scheduler treats it.
     # On a real cluster such a node also carries the node.kubernetes.io/not-ready taint, which
     # the taint check below rejects.
-    ready = _condition(node, "Ready")
+    ready = condition(node, "Ready")
     if ready is not None and ready.get("status") != "True":
         return "is not Ready"
     if _dig(node, "spec", "unschedulable"):
@@ -504,11 +491,11 @@ def _check_vm_running(view: ClusterView, vm_name: str) -> Verdict:
 def _check_vm_ready(view: ClusterView, vm_name: str) -> Verdict:
     if is_cold(view):
         return _passed("vm-ready", f"VM {vm_name} is stopped, so readiness is not needed")
-    if _is_condition_true(view.vmi, "Ready"):
+    if condition_true(view.vmi, "Ready"):
         return _passed("vm-ready", f"VMI {vm_name} is Ready")
 
-    condition = _condition(view.vmi, "Ready") or {}
-    detail = condition.get("reason") or condition.get("message") or "no Ready condition"
+    ready = condition(view.vmi, "Ready") or {}
+    detail = ready.get("reason") or ready.get("message") or "no Ready condition"
     return _failed(
         "vm-ready",
         Reason.VM_NOT_READY,
@@ -558,13 +545,13 @@ def _check_kubevirt_ready(view: ClusterView) -> Verdict:
         message = "KubeVirt is not ready: the KubeVirt CR was not found"
         return _failed("kubevirt-ready", Reason.KUBEVIRT_NOT_READY, message)
 
-    condition = _condition(view.kubevirt, "Available") or {}
-    if condition.get("status") == "True" and condition.get("reason") == "AllComponentsReady":
+    available = condition(view.kubevirt, "Available") or {}
+    if available.get("status") == "True" and available.get("reason") == "AllComponentsReady":
         return _passed("kubevirt-ready", f"KubeVirt {_qualified_name(view.kubevirt)} is Available (AllComponentsReady)")
 
     found = "no Available condition"
-    if condition:
-        found = f"Available={condition.get('status')} ({condition.get('reason')})"
+    if available:
+        found = f"Available={available.get('status')} ({available.get('reason')})"
     return _failed(
         "kubevirt-ready",
         Reason.KUBEVIRT_NOT_READY,

@@ -6,15 +6,18 @@ from nicflow.patches import template_interfaces, template_networks
 
 
 def condition(obj: dict | None, kind: str) -> dict | None:
-    for entry in (obj or {}).get("status", {}).get("conditions") or []:
-        if entry.get("type") == kind:
+    """Return the status condition of type `kind`, or None; explicit JSON nulls count as missing."""
+    status = (obj or {}).get("status")
+    conditions = status.get("conditions") if isinstance(status, dict) else None
+    for entry in conditions or []:
+        if isinstance(entry, dict) and entry.get("type") == kind:
             return entry
     return None
 
 
 def condition_true(obj: dict | None, kind: str) -> bool:
     found = condition(obj, kind)
-    return found is not None and str(found.get("status")) == "True"
+    return found is not None and found.get("status") == "True"
 
 
 def vmi_running_and_ready(vmi: dict | None) -> bool:
