@@ -46,8 +46,8 @@ MAX_CONFLICT_RETRIES = 8
 
 # A read that fails with 429, 5xx or a dropped connection is tried again inside the activity,
 # after 0.2 s, 0.4 s, ... at most 5 s (or the server's Retry-After when longer), up to 6 times in
-# all. A poll loop then survives a short API outage without losing its place; longer outages
-# fail the attempt and fall back to the activity's retry policy.
+# all. A poll loop then survives a short API outage without losing its place. Longer outages
+# fail the attempt, so the activity's retry policy takes over.
 READ_ATTEMPTS = 6
 READ_BACKOFF_SECONDS = 0.2
 READ_BACKOFF_MAX_SECONDS = 5.0
@@ -131,7 +131,7 @@ def _migratable_besides_migrations(vmi: dict) -> bool:
 
 
 def _retry_after(error: Exception) -> float:
-    """Return the seconds a 429 or 503 answer asks the client to wait (Retry-After), or 0."""
+    """Return the seconds a 429 or 503 response asks the client to wait (Retry-After), or 0."""
     if not isinstance(error, ApiException) or not error.headers:
         return 0.0
     try:

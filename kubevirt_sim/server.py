@@ -223,7 +223,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
 
         if route.subresource in VM_ACTIONS:
             if method != "PUT":
-                raise errors.method_not_allowed(f"the server does not allow this method on the requested resource")
+                raise errors.method_not_allowed("the server does not allow this method on the requested resource")
             from kubevirt_sim.simulator import run_vm_action
 
             run_vm_action(store, route.namespace or "", route.name or "", route.subresource or "")
@@ -368,7 +368,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
             self.close_connection = True
 
     def _client_connected(self) -> bool:
-        """Tell whether the watch client still holds the connection (a closed socket reads as empty)."""
+        """Return whether the watch client is still connected (a closed socket reads as empty)."""
         try:
             readable, _, _ = select.select([self.connection], [], [], 0)
             if not readable:
@@ -478,7 +478,7 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
     # --- responses ---
 
     def _reply(self, fault: HttpFault | None, code: int, body: dict | None) -> None:
-        """Send a successful answer, or the fault of an after_commit rule in its place."""
+        """Send a successful response, or the fault of an after_commit rule in its place."""
         if fault is not None:
             self._answer_fault(fault)
             return

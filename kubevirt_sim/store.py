@@ -625,7 +625,7 @@ class Store:
 
         if resource.namespaced:
             # NOTE: namespaces are not modelled, so a create in a namespace that does not exist
-            # succeeds here where the apiserver answers 404.
+            # succeeds here where the apiserver returns 404.
             given = metadata.get("namespace")
             if namespace and given and given != namespace:
                 raise errors.bad_request(

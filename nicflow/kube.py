@@ -115,7 +115,7 @@ class KubeVirtClient:
         return answer.get("items", [])
 
     def list_migrations(self, namespace: str, vmi_name: str) -> list[dict]:
-        """Return every VMIM of a VMI, whoever created it, oldest first."""
+        """Return every VMIM of a VMI, from any creator, oldest first."""
         group, version = KUBEVIRT
         answer = self.custom.list_namespaced_custom_object(
             group, version, namespace, "virtualmachineinstancemigrations", _request_timeout=REQUEST_TIMEOUT

@@ -641,8 +641,8 @@ def _check_macs_in_spec(view: ClusterView, vm_name: str, allow_restart: bool) ->
 def _backfill_conflict(view: ClusterView, vm_name: str, missing: list[str]) -> str | None:
     """Return why an observed MAC cannot be written into the spec, or None when all can.
 
-    A VM created from a template of another VM can carry that VM's MACs in its annotation;
-    writing one of them would give two VMs the same MAC on one cluster network.
+    A VM created from a template of another VM can carry that VM's MACs in its annotation.
+    Writing one of them would give two VMs the same MAC on one cluster network.
     """
     vm = view.vm or {}
     namespace = _dig(vm, "metadata", "namespace") or "default"

@@ -133,7 +133,7 @@ class Ledger:
     def open_operation(self, fields: dict[str, Any], idempotency_key: str) -> tuple[OperationRow, bool]:
         """Create an operation with its `request` event and return it with `created=True`.
 
-        `fields` holds the columns of OperationRequest; `operation_id` is generated when absent.
+        `fields` contains the columns of OperationRequest; `operation_id` is generated when absent.
         When the request_id or the idempotency key is already stored, returns the stored
         operation with `created=False` and writes nothing. Raises pydantic's ValidationError
         for invalid fields and LedgerConflictError when the key belongs to another event or
@@ -348,10 +348,10 @@ class Ledger:
     # MAC reservations
 
     def reserve_mac(self, cluster_network: str, mac: str, operation_id: str) -> bool:
-        """Reserve `mac` on `cluster_network` for an operation and return whether it holds it.
+        """Reserve `mac` on `cluster_network` for an operation and return whether it owns the reservation.
 
-        Returns False when another operation holds an active reservation of that MAC on that
-        cluster network, and True (writing nothing) when this operation already holds it.
+        Returns False when another operation has an active reservation of that MAC on that
+        cluster network, and True (writing nothing) when this operation already has it.
         The partial unique index decides races between concurrent callers. An empty
         `cluster_network` is one more network, shared by NADs without a cluster network
         label. Raises OperationNotFoundError for an unknown operation and ValueError for an
@@ -539,7 +539,7 @@ class Ledger:
             logger.info("replayed reservation of MAC %s on %s for operation %s", mac, cluster_network, operation_id)
             return True
         logger.info(
-            "MAC %s on %s not reserved for operation %s: operation %s holds it",
+            "MAC %s on %s not reserved for operation %s: operation %s has reserved it",
             mac,
             cluster_network,
             operation_id,
@@ -549,7 +549,7 @@ class Ledger:
 
     @contextmanager
     def _snapshot(self) -> Iterator[Session]:
-        """Open a read-only session that sees one consistent state of all tables."""
+        """Open a read-only session that reads one consistent state of all tables."""
         if self._engine.dialect.name != "postgresql":
             # SQLite transactions hold the database lock from BEGIN IMMEDIATE to the end.
             with self._sessions() as session:

@@ -109,7 +109,7 @@ def test_kubectl_get_vmi_wide_prints_node(kubeconfig):
 
 
 def test_kubectl_patch_default_type_rejected_for_vm(kubeconfig):
-    # kubectl patch sends a strategic merge patch unless told otherwise, which a real apiserver
+    # kubectl patch sends a strategic merge patch unless --type says otherwise, which a real apiserver
     # rejects for custom resources.
     result = kubectl(kubeconfig, "patch", "vm", "web-01", "-p", '{"spec":{"runStrategy":"Halted"}}')
 
